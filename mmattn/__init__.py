@@ -1,0 +1,11 @@
+"""mmattn: visual attention plug-ins for MMDetection 3.x.
+
+Importing the package applies the compatibility fixes for the pinned stack
+(:mod:`mmattn.compat`) and registers every mmattn module in mmengine's root
+``MODELS`` registry (:mod:`mmattn.registry`), and its training hooks in
+the root ``HOOKS`` registry.
+"""
+from . import compat  # noqa: F401  (must run before any checkpoint load)
+from . import engine, models  # noqa: F401  (registration side effects)
+
+__version__ = '0.1.0'

@@ -1,0 +1,4 @@
+from .shapes import CLASSES as SHAPES_CLASSES
+from .shapes import generate_shapes_coco
+
+__all__ = ['SHAPES_CLASSES', 'generate_shapes_coco']

@@ -1,0 +1,4 @@
+"""mmengine hooks."""
+from .nam_sparsity import NAMSparsityHook
+
+__all__ = ['NAMSparsityHook']

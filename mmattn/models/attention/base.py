@@ -1,0 +1,36 @@
+"""The contract every mmattn attention module follows."""
+from typing import ClassVar
+
+import torch.nn as nn
+
+#: Positions an attention module can take in a residual network.
+#: ``after_conv1/2/3`` are mmdet's Bottleneck plugin positions (after
+#: conv+norm(+act), before the residual add for ``after_conv3``);
+#: ``after_block`` follows a whole residual block (Non-local);
+#: ``after_stage`` sits between stages (BAM, residual attention).
+POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3', 'after_block',
+             'after_stage')
+
+
+class AttentionModule(nn.Module):
+    """Base of the mmattn attention modules.
+
+    A subclass
+
+    * takes ``in_channels`` as its first argument and returns a tensor of
+      the input's shape, so ``mmcv.cnn.build_plugin_layer`` and mmdet's
+      ResNet ``plugins=[...]`` can build and place it;
+    * names its sub-module in state dicts through ``_abbr_``;
+    * states where its paper puts it through ``default_position`` (one of
+      :data:`POSITIONS`), so backbones and configs need not repeat it;
+    * implements its official initialisation in :meth:`init_weights`.
+      mmengine's ``BaseModule.init_weights`` calls it *after* the parent
+      backbone's generic Kaiming/Constant init, so zero-initialised gates
+      survive a ResNet built without a checkpoint.
+    """
+
+    _abbr_: ClassVar[str] = 'attention'
+    default_position: ClassVar[str] = 'after_conv3'
+
+    def init_weights(self) -> None:
+        """Official initialisation; the default keeps PyTorch's."""

@@ -1,0 +1,78 @@
+"""The Z-pool spatial gate shared by CBAM and Triplet attention."""
+import torch
+import torch.nn as nn
+
+from mmattn.models.common import (ActLayer, check_odd_kernel, create_act,
+                                  spatial_max, spatial_mean)
+
+
+def zpool(x: torch.Tensor) -> torch.Tensor:
+    """Z-pool: ``cat[max, mean]`` over dim 1, ``(B, N, P, Q) -> (B, 2, P,
+    Q)``.
+
+    The order (max first, then mean) is the official code's
+    (``ChannelPool`` in Jongchan/attention-module, ``ZPool`` in
+    landskape-ai/triplet-attention), so official conv weights load as they
+    are; the CBAM paper writes ``[AvgPool; MaxPool]``, which only permutes the
+    conv's two input channels. The mean is accumulated in fp32 under
+    half-precision autocast, then both maps return to ``x.dtype``.
+    """
+    return torch.cat([spatial_max(x, dims=(1, )),
+                      spatial_mean(x, dims=(1, ))], dim=1).to(x.dtype)
+
+
+class ZPoolGate(nn.Module):
+    """Spatial attention map from a Z-pool:
+    :math:`\\sigma(\\mathrm{BN}(f^{k \\times k}([\\max_1 x; \\mathrm{mean}_1
+    x])))`.
+
+    The spatial gate of CBAM (`arXiv 1807.06521
+    <https://arxiv.org/abs/1807.06521>`_, eq. 3) and the gate of each
+    Triplet-attention branch (`arXiv 2010.03045
+    <https://arxiv.org/abs/2010.03045>`_): Z-pool over dim 1, a k x k conv
+    2 -> 1 without bias, padding (k-1)/2, a one-channel BN with the official
+    ``eps=1e-5, momentum=0.01``, and the gate. Dim 1 is the channel axis for
+    CBAM; Triplet attention passes rotated views so that H or W plays that
+    role.
+
+    :meth:`forward` returns the map ``(B, 1, P, Q)`` for an input ``(B, N, P,
+    Q)``; the caller multiplies (Triplet attention averages three maps
+    before one multiplication). It is a building block, not a registered
+    attention module.
+
+    Args:
+        kernel_size (int): Odd size k of the conv. Default: 7 (both papers).
+        gate_layer (str | type): :math:`\\sigma`. Default: 'sigmoid'.
+        zero_init (bool): Initialise the BN weight to 0 (the official
+            ResNets do it for every BN whose name contains ``SpatialGate``),
+            so the map starts at exactly :math:`\\sigma(0) = 0.5`; False sets
+            it to 1. Default: False.
+        kernel_name (str): Argument name reported when ``kernel_size`` is
+            invalid. Default: 'kernel_size'.
+    """
+
+    def __init__(self,
+                 kernel_size: int = 7,
+                 gate_layer: ActLayer = 'sigmoid',
+                 zero_init: bool = False,
+                 kernel_name: str = 'kernel_size') -> None:
+        super().__init__()
+        check_odd_kernel(kernel_size, kernel_name)
+        self.zero_init = zero_init
+        self.conv = nn.Conv2d(2, 1, kernel_size,
+                              padding=(kernel_size - 1) // 2, bias=False)
+        self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)
+        self.gate = create_act(gate_layer, 'gate_layer')
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """The official ResNets' state-dict loop: conv ``kaiming_normal_``
+        (fan_out), BN weight 0 (``zero_init``) or 1, BN bias 0."""
+        nn.init.kaiming_normal_(self.conv.weight, mode='fan_out',
+                                nonlinearity='relu')
+        nn.init.constant_(self.bn.weight, 0. if self.zero_init else 1.)
+        nn.init.zeros_(self.bn.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, N, P, Q) -> (B, 2, P, Q) -> (B, 1, P, Q)
+        return self.gate(self.bn(self.conv(zpool(x))))

@@ -1,0 +1,31 @@
+"""Small helpers shared by the tests (importable as ``helpers``)."""
+import torch
+
+
+def max_rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected| (0/0 counts as 0)."""
+    actual, expected = actual.double(), expected.double()
+    scale = expected.abs().max().clamp_min(1e-300)
+    return float((actual - expected).abs().max() / scale)
+
+
+def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor,
+                     tol: float = 1e-6) -> None:
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    err = max_rel_error(actual, expected)
+    assert err < tol, f'relative error {err:.3e} >= {tol:.0e}'
+
+
+def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter and BN buffer of ``module`` random non-trivial
+    values (so zero-initialised gates are exercised), in place."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.5)
+        for name, b in module.named_buffers():
+            if name.endswith('running_var'):
+                b.copy_(torch.rand(b.shape, generator=gen, dtype=b.dtype) + .5)
+            elif name.endswith('running_mean'):
+                b.copy_(torch.randn(b.shape, generator=gen, dtype=b.dtype))
+    return module

@@ -1,0 +1,143 @@
+"""BAM: paper and official combinations, batch-1 refusal, init, params."""
+import pytest
+import torch
+import torch.nn as nn
+from attention_reference import batch_norm_ref, conv2d_ref
+from helpers import assert_rel_close, randomize_
+
+from mmattn.models.attention import BAM
+
+
+def channel_norm_ref(v, norm, training):
+    if isinstance(norm, nn.BatchNorm1d):
+        return batch_norm_ref(v, norm, training)
+    if isinstance(norm, nn.LayerNorm):
+        mean = v.mean(dim=1, keepdim=True)
+        var = ((v - mean) ** 2).mean(dim=1, keepdim=True)
+        return (v - mean) / torch.sqrt(var + norm.eps) * norm.weight \
+            + norm.bias
+    return v
+
+
+def bam_ref(module, x, training, dilation=4):
+    """Eqs. 1-4: M_c = W1 relu(norm(W0 GAP(x) + b0)) + b1; M_s = 1x1 ->
+    [dilated 3x3]*n -> 1x1 with BN + ReLU between; out = x (1 + sigmoid(M_c
+    + M_s)) or, as the official code, x (1 + sigmoid(M_c M_s))."""
+    fc1, fc2 = module.fc1, module.fc2
+    z = x.mean(dim=(2, 3))  # (B, C)
+    hidden = torch.einsum('rc,bc->br', fc1.weight, z) + fc1.bias
+    hidden = torch.relu(channel_norm_ref(hidden, module.norm, training))
+    mc = torch.einsum('cr,br->bc', fc2.weight, hidden) + fc2.bias
+    mc = mc[:, :, None, None]
+
+    convs = [m for m in module.spatial if isinstance(m, nn.Conv2d)]
+    bns = [m for m in module.spatial if isinstance(m, nn.BatchNorm2d)]
+    ms = x
+    for i, (conv, bn) in enumerate(zip(convs[:-1], bns)):
+        ms = conv2d_ref(ms, conv.weight, conv.bias,
+                        dilation=1 if i == 0 else dilation)
+        ms = torch.relu(batch_norm_ref(ms, bn, training))
+    ms = conv2d_ref(ms, convs[-1].weight, convs[-1].bias)
+    att = mc + ms if module.combine == 'sum' else mc * ms
+    return x * (1 + torch.sigmoid(att))
+
+
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+@pytest.mark.parametrize('size', [(1, 1), (3, 5), (13, 21)],
+                         ids=lambda s: f'{s[0]}x{s[1]}')
+@pytest.mark.parametrize('combine', ['sum', 'product'])
+def test_matches_reference(training, size, combine):
+    module = randomize_(BAM(32, combine=combine)).double().train(training)
+    x = torch.randn(3, 32, *size, dtype=torch.float64)
+    assert_rel_close(module(x), bam_ref(module, x, training))
+
+
+@pytest.mark.parametrize('channel_norm', ['LN', None])
+def test_other_channel_norms_match_reference(channel_norm):
+    module = randomize_(BAM(32, channel_norm=channel_norm)).double()
+    x = torch.randn(2, 32, 6, 5, dtype=torch.float64)
+    assert_rel_close(module(x), bam_ref(module, x, True))
+
+
+def test_dilation_and_depth_arguments():
+    module = randomize_(BAM(32, rd_channels=4, dilation=2,
+                            num_dilated_convs=3)).double()
+    convs = [m for m in module.spatial if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 5
+    assert all(c.dilation == (2, 2) and c.padding == (2, 2)
+               for c in convs[1:-1])
+    x = torch.randn(2, 32, 9, 7, dtype=torch.float64)
+    assert_rel_close(module(x), bam_ref(module, x, True, dilation=2))
+    assert len(BAM(32, num_dilated_convs=0).spatial) == 4
+
+
+def test_official_layer_shapes():
+    module = BAM(256)
+    assert module.fc1.weight.shape == (16, 256)
+    assert isinstance(module.norm, nn.BatchNorm1d)
+    convs = [m for m in module.spatial if isinstance(m, nn.Conv2d)]
+    assert [tuple(c.weight.shape) for c in convs] == [
+        (16, 256, 1, 1), (16, 16, 3, 3), (16, 16, 3, 3), (1, 16, 1, 1)]
+    assert all(c.bias is not None for c in convs)
+    assert all(c.dilation == (4, 4) and c.padding == (4, 4)
+               for c in convs[1:3])
+    assert module.default_position == 'after_stage'
+    assert module.combine == 'sum'
+
+
+def test_batch_one_training_is_refused_with_the_fix():
+    x = torch.randn(1, 32, 5, 5)
+    module = BAM(32).train()
+    with pytest.raises(ValueError, match='batch') as err:
+        module(x)
+    assert 'BatchNorm1d' in str(err.value)
+    assert 'channel_norm' in str(err.value)
+    assert module.eval()(x).shape == x.shape
+    for channel_norm in ('LN', None):
+        out = BAM(32, channel_norm=channel_norm).train()(x)
+        assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_official_init():
+    torch.manual_seed(0)
+    fresh = BAM(1024)
+    # PyTorch's default Linear init, which the official loop leaves alone:
+    # |w| <= 1/sqrt(fan_in).
+    assert fresh.fc1.weight.abs().max() <= 1024 ** -0.5
+    assert fresh.fc2.weight.abs().max() <= 64 ** -0.5
+    module = randomize_(BAM(1024))
+    fc_weights = [module.fc1.weight.clone(), module.fc2.weight.clone()]
+    module.init_weights()
+    assert torch.equal(module.fc1.weight, fc_weights[0])
+    assert torch.equal(module.fc2.weight, fc_weights[1])
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.BatchNorm1d,
+                          nn.BatchNorm2d)):
+            assert not m.bias.any()
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            assert torch.equal(m.weight, torch.ones_like(m.weight))
+    # kaiming_normal_ fan_out on the 1x1 reduce conv: std sqrt(2 / 64).
+    std = module.spatial[0].weight.std().item()
+    assert abs(std / (2 / 64) ** 0.5 - 1) < 0.03
+
+
+@pytest.mark.parametrize('kwargs, arg', [
+    (dict(combine='mul'), 'combine'),
+    (dict(channel_norm='GN'), 'channel_norm'),
+    (dict(dilation=0), 'dilation'),
+    (dict(num_dilated_convs=-1), 'num_dilated_convs'),
+    (dict(rd_ratio=1 / 128), 'rd_ratio'),
+    (dict(rd_channels=0), 'rd_channels'),
+    (dict(act_layer='nope'), 'act_layer'),
+])
+def test_invalid_arguments(kwargs, arg):
+    with pytest.raises(ValueError, match=arg):
+        BAM(64, **kwargs)
+
+
+def test_three_bams_params():
+    counts = [sum(p.numel() for p in BAM(c).parameters())
+              for c in (256, 512, 1024)]
+    assert counts == [17_361, 68_513, 272_193]
+    # PytorchInsight: BAM-ResNet-50 25.92M = ResNet-50 + 358,067.
+    assert sum(counts) == 358_067

@@ -1,0 +1,113 @@
+"""SGE against the paper's equations, computed in float64 loops."""
+import math
+
+import pytest
+import torch
+from helpers import assert_rel_close, randomize_
+
+from mmattn.models.attention import SGE
+from mmattn.registry import MODELS
+
+
+def reference_sge(x, gamma, beta, groups, eps=1e-5):
+    b, c, h, w = x.shape
+    cg = c // groups
+    out = torch.empty_like(x)
+    for i in range(b):
+        for k in range(groups):
+            feats = x[i, k * cg:(k + 1) * cg]  # (C/G, H, W)
+            g = feats.mean(dim=(1, 2))  # global descriptor g
+            sim = torch.einsum('chw,c->hw', feats, g)  # c_i = g . x_i
+            centred = sim - sim.mean()
+            # Normalise with the official unbiased std (divisor HW - 1).
+            std = math.sqrt((centred**2).sum() / (h * w - 1))
+            a = gamma[k] * centred / (std + eps) + beta[k]
+            out[i, k * cg:(k + 1) * cg] = feats * torch.sigmoid(a)
+    return out
+
+
+@pytest.mark.parametrize('size', [(3, 5), (7, 7), (1, 4)])
+def test_matches_reference(size):
+    torch.manual_seed(0)
+    layer = randomize_(SGE(32, groups=8)).double()
+    x = torch.randn(2, 32, *size, dtype=torch.float64)
+    expected = reference_sge(x, layer.weight.detach().flatten(),
+                             layer.bias.detach().flatten(), groups=8)
+    assert_rel_close(layer(x), expected)
+
+
+def test_default_groups_and_official_init():
+    layer = MODELS.build(dict(type='SGE', in_channels=256))
+    assert layer.groups == 64
+    assert layer.weight.shape == layer.bias.shape == (1, 64, 1, 1)
+    assert (layer.weight == 0).all() and (layer.bias == 1).all()
+    x = torch.randn(2, 256, 5, 6)
+    torch.testing.assert_close(layer(x), x * torch.sigmoid(torch.tensor(1.)))
+
+
+def test_init_survives_mmdet_resnet_init():
+    from mmdet.models import ResNet
+    backbone = ResNet(depth=50, init_cfg=None,
+                      plugins=[dict(cfg=dict(type='SGE'),
+                                    position='after_conv3')])
+    sges = [m for m in backbone.modules() if isinstance(m, SGE)]
+    for m in sges:
+        torch.nn.init.normal_(m.weight)
+        torch.nn.init.normal_(m.bias)
+    backbone.init_weights()
+    assert len(sges) == 16
+    for m in sges:
+        assert (m.weight == 0).all() and (m.bias == 1).all()
+
+
+def test_one_by_one_map_gives_sigmoid_beta():
+    """HW = 1: the centred similarity is 0 and the std is taken as 0, so
+    the gate is sigmoid(beta) (the official unbiased std would be NaN)."""
+    layer = randomize_(SGE(16, groups=4)).double()
+    x = torch.randn(2, 16, 1, 1, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    gate = torch.sigmoid(layer.bias).repeat_interleave(4, dim=1)
+    assert_rel_close(out, x * gate)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_constant_map_has_finite_gradients():
+    """mmdet's zero_init_residual makes bn3 output 0 in a fresh ResNet."""
+    layer = randomize_(SGE(16, groups=4))
+    x = torch.zeros(2, 16, 5, 5, requires_grad=True)
+    out = layer(x)
+    (out.sum() + layer.weight.sum()).backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+    assert torch.isfinite(layer.weight.grad).all()
+    assert torch.isfinite(layer.bias.grad).all()
+
+
+def test_channels_last_and_fp16_input():
+    torch.manual_seed(0)
+    layer = randomize_(SGE(64, groups=8))
+    x = torch.randn(2, 64, 9, 11) * 50
+    expected = layer(x)
+    torch.testing.assert_close(
+        layer(x.to(memory_format=torch.channels_last)), expected)
+    out = layer(x.half())
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    assert_rel_close(out.float(), expected, tol=5e-3)
+
+
+@pytest.mark.parametrize('kwargs, arg', [
+    (dict(in_channels=48, groups=64), 'groups'),
+    (dict(in_channels=64, groups=0), 'groups'),
+    (dict(in_channels=0), 'in_channels'),
+])
+def test_invalid_arguments(kwargs, arg):
+    with pytest.raises(ValueError, match=arg):
+        SGE(**kwargs)
+
+
+def test_resnet50_param_count():
+    from mmdet.models import ResNet
+    base = sum(p.numel() for p in ResNet(depth=50).parameters())
+    with_sge = ResNet(depth=50, plugins=[
+        dict(cfg=dict(type='SGE'), position='after_conv3')])
+    assert sum(p.numel() for p in with_sge.parameters()) - base == 2048

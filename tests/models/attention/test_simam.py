@@ -1,0 +1,75 @@
+"""SimAM against the paper's minimal energy (eq. 5), computed in float64."""
+import pytest
+import torch
+from helpers import assert_rel_close
+
+from mmattn.models.attention import SimAM
+from mmattn.registry import MODELS
+
+
+def reference_simam(x: torch.Tensor, e_lambda: float) -> torch.Tensor:
+    """x * sigmoid(1 / e*), e* = 4 (s2 + l) / ((t - mu)^2 + 2 s2 + 2 l),
+    per channel, with mu the spatial mean and s2 = sum (t - mu)^2 / (HW - 1)
+    (the official code's statistics)."""
+    b, c, h, w = x.shape
+    out = torch.empty_like(x)
+    for i in range(b):
+        for j in range(c):
+            t = x[i, j]
+            mu = t.sum() / (h * w)
+            s2 = ((t - mu)**2).sum() / (h * w - 1)
+            energy = 4 * (s2 + e_lambda) / ((t - mu)**2 + 2 * s2 +
+                                            2 * e_lambda)
+            out[i, j] = t * torch.sigmoid(1 / energy)
+    return out
+
+
+@pytest.mark.parametrize('e_lambda', [1e-4, 0.1])
+@pytest.mark.parametrize('size', [(3, 5), (7, 7), (2, 1)])
+def test_matches_energy_formula(e_lambda, size):
+    torch.manual_seed(0)
+    layer = MODELS.build(dict(type='SimAM', in_channels=8,
+                              e_lambda=e_lambda)).double()
+    x = torch.randn(2, 8, *size, dtype=torch.float64) * 3 + 1
+    assert_rel_close(layer(x), reference_simam(x, e_lambda))
+
+
+def test_default_lambda_and_no_parameters():
+    layer = SimAM(16)
+    assert layer.e_lambda == 1e-4
+    assert list(layer.parameters()) == [] and list(layer.buffers()) == []
+
+
+def test_one_by_one_map_is_sigmoid_half():
+    """n = HW - 1 = 0: defined as v = 0, so E_inv = 1/2 (no 0/0)."""
+    x = torch.randn(3, 8, 1, 1, dtype=torch.float64, requires_grad=True)
+    out = SimAM(8).double()(x)
+    assert_rel_close(out.detach(), x.detach() * torch.sigmoid(
+        torch.tensor(0.5, dtype=torch.float64)))
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_fp16_input_statistics_in_fp32():
+    """A half-precision sum of squares over 64x64 at this scale overflows
+    (200^2 * 4096 > 65504); the module's statistics must not."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 64, 64) * 200
+    layer = SimAM(4)
+    out = layer(x.half())
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    assert_rel_close(out.float(), layer(x), tol=5e-3)
+
+
+def test_invalid_lambda():
+    with pytest.raises(ValueError, match='e_lambda'):
+        SimAM(8, e_lambda=0)
+
+
+def test_adds_no_parameters_to_resnet50():
+    from mmdet.models import ResNet
+    base = sum(p.numel() for p in ResNet(depth=50).parameters())
+    with_simam = ResNet(depth=50, plugins=[
+        dict(cfg=dict(type='SimAM'), position='after_conv3')])
+    assert sum(p.numel() for p in with_simam.parameters()) == base
+    assert sum(isinstance(m, SimAM) for m in with_simam.modules()) == 16
