@@ -100,3 +100,16 @@ def test_plain_python_without_default_scope():
               [o.shape[1] for o in outs])
     ''')
     assert out.strip() == '16 [256, 512, 1024, 2048]'
+
+
+def test_mmcv_ops_import_order_keeps_mmattn_criss_cross():
+    """mmcv.ops registers its own 'CrissCrossAttention' in the same root
+    registry; importing mmattn before or after it must neither crash nor
+    hand out mmcv's single-pass version."""
+    for first, second in (('mmattn', 'mmcv.ops'), ('mmcv.ops', 'mmattn')):
+        out = run_python(f'''
+            import {first}, {second}
+            from mmengine.registry import MODELS
+            print(MODELS.get('CrissCrossAttention').__module__)
+        ''')
+        assert out.strip() == 'mmattn.models.attention.ccnet'

@@ -21,10 +21,12 @@ model = dict(
         # does, with every other ResNet option unchanged.
         type='AttentionResNet',
         depth=18,
+        base_channels=32,
+        stem_channels=32,
         frozen_stages=-1,
         norm_eval=False,
         init_cfg=None),
-    neck=dict(in_channels=[64, 128, 256, 512], out_channels=width),
+    neck=dict(in_channels=[32, 64, 128, 256], out_channels=width),
     rpn_head=dict(in_channels=width, feat_channels=width),
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=width),
@@ -34,8 +36,8 @@ model = dict(
             in_channels=width, conv_out_channels=width, num_classes=3)),
     train_cfg=dict(
         rpn=dict(sampler=dict(num=128)),
-        rpn_proposal=dict(nms_pre=1000, max_per_img=200),
-        rcnn=dict(sampler=dict(num=128))),
+        rpn_proposal=dict(nms_pre=500, max_per_img=200),
+        rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(
         rpn=dict(nms_pre=300, max_per_img=100),
         rcnn=dict(max_per_img=20)))
@@ -50,10 +52,10 @@ optim_wrapper = dict(
     optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4),
     clip_grad=dict(max_norm=10, norm_type=2))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
          end=50),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters,
-         eta_min=2e-4)
+    dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
+         milestones=[450, 550], gamma=0.1)
 ]
 auto_scale_lr = dict(enable=False, base_batch_size=4)
 

@@ -22,6 +22,17 @@ from mmattn.converters.common import build_backbone
 
 MMLogger.get_current_instance().setLevel(logging.WARNING)
 
+
+@pytest.fixture(autouse=True, scope='module')
+def single_thread():
+    """These tensors are tiny: one thread avoids OpenMP spinning against
+    the other processes on a shared CPU (several times faster there)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 LAYERS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3],
           101: [3, 4, 23, 3]}
 

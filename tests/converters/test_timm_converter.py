@@ -14,6 +14,16 @@ timm = pytest.importorskip('timm')
 MMLogger.get_current_instance().setLevel(logging.WARNING)
 
 
+@pytest.fixture(autouse=True, scope='module')
+def single_thread():
+    """These tensors are tiny: one thread avoids OpenMP spinning against
+    the other processes on a shared CPU (several times faster there)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def perturb_norms_(model, seed=0):
     """Random, well-conditioned BN affine parameters and statistics (so
     zero-init last norms and default statistics are exercised while 50-101

@@ -8,7 +8,7 @@ dataset_type = 'CocoDataset'
 data_root = 'data/shapes/'
 metainfo = dict(classes=('rectangle', 'ellipse', 'triangle'))
 backend_args = None
-image_scale = (256, 256)
+image_scale = (192, 192)
 
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),

@@ -69,11 +69,12 @@ class GatherExcite(AttentionModule):
       C -> C/16 with bias, ReLU, 1x1 conv C/16 -> C with bias.
       ``use_mlp=True`` with ``extra_params=False`` and ``extent=0`` is SE.
 
-    **Default: GE-theta-minus with global extent**, the paper's
-    parameter-free operator (its headline: ResNet-50 with it beats
-    ResNet-101 with no added parameter) and the only variant that needs no
-    reinterpretation on detection maps of varying size: it adds 0
-    parameters and no BN, so it also trains at batch 1.
+    **Default: GE-theta-minus with global extent**, the parameter-free
+    operator of the abstract's claim (ResNet-50 with it beats ResNet-101
+    with no added parameter) and the released ``RN50-GEPF`` prototxt. It
+    adds 0 parameters and no BN, so it needs no reinterpretation on
+    detection maps of varying size (unlike global GE-theta) and trains at
+    batch 1.
 
     :meth:`init_weights` follows the prototxts: gather convs ``msra``
     (:math:`\\mathcal{N}(0, 2 / \\mathrm{fan\\_in})`, fan_in = k*k for a

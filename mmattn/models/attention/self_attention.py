@@ -48,13 +48,15 @@ def _pad_last(t: torch.Tensor, size: int) -> torch.Tensor:
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
           scale: float) -> torch.Tensor:
-    """SDPA on (B, L, E) tensors, padded so that every fused kernel applies.
+    """SDPA on (B, L, E) tensors, shaped for the fused kernels.
 
-    The fused kernels (CPU flash, CUDA flash) need 4-D inputs whose q, k and
-    v share the last dimension and have unit stride along it; anything else
-    falls back to the math kernel, which builds the (Lq x Lk) matrix.
-    Zero channels appended to q and k leave every q.k unchanged, and zero
-    channels appended to v only add output channels that are cut off again.
+    PyTorch's CPU flash kernel needs 4-D inputs whose q, k and v share the
+    last dimension and have unit stride along it; otherwise SDPA falls back
+    to its math kernel, which builds the (Lq x Lk) matrix. So the narrower
+    side is zero-padded: zero channels appended to q and k leave every q.k
+    unchanged, and zero channels appended to v only add output channels
+    that are cut off again. (Splitting v into heads of q's width instead
+    computes the softmax once per head, which is slower on CPU.)
     """
     e, ev = q.shape[-1], v.shape[-1]
     width = max(e, ev)
@@ -96,7 +98,7 @@ def softmax_attention(q: torch.Tensor,
             so the blocks' attention maps are never all held at once.
 
     Returns:
-        Tensor: (B, Lq, Ev), in ``v``'s dtype.
+        Tensor: (B, Lq, Ev), in ``v``'s dtype (autocast's under autocast).
     """
     if chunk_size is None:
         return _sdpa(q, k, v, scale)

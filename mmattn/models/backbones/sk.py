@@ -41,8 +41,9 @@ class SKConv(nn.Module):
         V_c = \\sum_m a_{m,c} U_{m,c}
 
     with :math:`W_s \\in \\mathbb{R}^{d \\times C}`,
-    :math:`d = \\max(C/r, L)` (paper: r = 16, L = 32), both FCs without
-    bias (the BN follows :math:`W_s`).
+    :math:`d = \\max(C/r, L)` (paper: r = 16, L = 32) and both FCs without
+    bias, as in timm and PytorchInsight (a BN follows :math:`W_s`). The
+    pooled statistics and the softmax run in fp32 under autocast.
 
     It has the signature of a conv layer, so ``build_conv_layer`` builds it
     from ``dict(type='SKConv', ...)`` in place of a block's strided 3x3 conv

@@ -90,8 +90,9 @@ def test_init_weights_restores_official_init():
 
 
 def test_identity_in_resnet50_after_init_weights():
-    io = plugin_io_in_resnet50(dict(type='CrissCrossAttention'))
-    assert len(io) == 16
+    io = plugin_io_in_resnet50(dict(type='CrissCrossAttention'),
+                               stages=(True, True, False, False))
+    assert len(io) == 3 + 4
     assert all(torch.equal(inp, out) for inp, out in io)
 
 

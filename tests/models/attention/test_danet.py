@@ -92,8 +92,9 @@ def test_official_defaults_and_identity_at_init():
 
 
 def test_identity_in_resnet50_after_init_weights():
-    io = plugin_io_in_resnet50(dict(type='DualAttention'))
-    assert len(io) == 16
+    io = plugin_io_in_resnet50(dict(type='DualAttention'),
+                               stages=(True, True, False, False))
+    assert len(io) == 3 + 4
     assert all(torch.equal(inp, out) for inp, out in io)
 
 

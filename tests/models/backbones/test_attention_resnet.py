@@ -10,8 +10,7 @@ from mmdet.models import ResNet
 from mmdet.registry import MODELS
 from mmengine.logging import MMLogger
 
-from mmattn.models.attention import SE
-from mmattn.models.attention.non_local import NonLocal
+from mmattn.models.attention import SE, NonLocal
 from mmattn.models.backbones import (PRESETS, AttentionResNet, PSAConv,
                                      SKConv)
 from mmattn.models.backbones.attention_resnet import selected_blocks
@@ -19,6 +18,16 @@ from mmattn.models.backbones.attention_resnet import selected_blocks
 MMLogger.get_current_instance().setLevel(logging.WARNING)
 
 HEAD_50 = 2048 * 1000 + 1000  # 1000-class linear head on ResNet-50
+
+
+@pytest.fixture(autouse=True, scope='module')
+def single_thread():
+    """These tensors are tiny: one thread avoids OpenMP spinning against
+    the other processes on a shared CPU (several times faster there)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def build(cfg):
