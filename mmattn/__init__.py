@@ -6,6 +6,9 @@ Importing the package applies the compatibility fixes for the pinned stack
 the root ``HOOKS`` registry.
 """
 from . import compat  # noqa: F401  (must run before any checkpoint load)
+from . import compat_checkpoint  # noqa: F401  (crash-safe saves, remote loads)
+from . import compat_amp  # noqa: F401  (--amp on CPU)
+from . import compat_guards  # noqa: F401  (clear errors for bad input)
 from . import engine, models  # noqa: F401  (registration side effects)
 
 __version__ = '0.1.0'

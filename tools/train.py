@@ -5,7 +5,10 @@ config needs ``custom_imports``), the config may be mmdet's own
 (``mmdet::<dir>/<file>.py``), ``--cfg-options`` also reads values with
 ``dict(...)`` (a plugin list on the command line), and ``--launcher
 pytorch`` works on CPU-only machines (gloo). See
-:mod:`mmattn.engine.launch`.
+:mod:`mmattn.engine.launch`. A :class:`~mmattn.engine.RandomStateHook` is
+added, so that ``--resume`` continues with the random numbers of the
+uninterrupted run; ``--amp`` also works on CPU (bfloat16, see
+:mod:`mmattn.compat_amp`).
 
 Examples::
 
@@ -27,6 +30,7 @@ from mmengine.runner import Runner
 
 import mmattn  # noqa: F401  (registers every module, compatibility fixes)
 import mmattn.engine  # noqa: F401  (hooks, e.g. NAMSparsityHook)
+from mmattn.engine.hooks import add_random_state_hook
 from mmattn.engine.launch import (ConfigOptionsAction, merge_cfg_options,
                                   resolve_config_path, setup_cpu_distributed)
 
@@ -106,6 +110,10 @@ def build_cfg(args) -> Config:
                                '"auto_scale_lr.enable" or '
                                '"auto_scale_lr.base_batch_size" in your'
                                ' configuration file.')
+
+    # a resumed run continues with the random numbers of the uninterrupted
+    # one (RandomStateHook)
+    add_random_state_hook(cfg)
 
     # resume is determined in this priority: resume from > auto_resume
     if args.resume == 'auto':

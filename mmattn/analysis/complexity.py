@@ -14,7 +14,8 @@ also to the backbone's ReLUs, max-pool and residual adds.
 the style of ``ptflops``/mmcv's old ``get_model_complexity_info``):
 
 * one multiply-add = one FLOP: a convolution or linear layer counts its
-  MACs, a matmul / ``bmm`` / ``einsum`` its MACs (mmengine's handles);
+  MACs, a matmul / ``bmm`` its MACs (mmengine's handles), an ``einsum``
+  its exact MACs (:func:`einsum_flops`);
 * ``scaled_dot_product_attention``: the MACs of :math:`QK^\\top` and of
   :math:`AV`, plus one per attention score for the softmax;
 * element-wise ops (add, mul, div, sigmoid, ReLU, h-swish, softmax, ...):
@@ -32,6 +33,7 @@ BN 0.022, ReLU/add/pool 0.016, FC 0.002), as published.
 from __future__ import annotations
 
 import copy
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from math import prod
@@ -40,7 +42,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from mmengine.analysis import FlopAnalyzer, parameter_count
-from mmengine.analysis.jit_handles import get_shape
+from mmengine.analysis.jit_handles import einsum_flop_jit, get_shape
 
 Size = Tuple[int, int]
 
@@ -48,10 +50,15 @@ Size = Tuple[int, int]
 # --------------------------------------------------------------------------
 # op handles
 # --------------------------------------------------------------------------
+_FLOATING = ('Float', 'Double', 'Half', 'BFloat16')
+
+
 def _numel(value: Any) -> int:
-    """Elements of a traced value; 0 for scalars and unknown shapes (size
-    arithmetic of the trace also runs through ``aten::mul`` etc.)."""
-    if not value.isCompleteTensor():
+    """Floating-point elements of a traced value: 0 for Python scalars,
+    unknown shapes and integer tensors (the trace records size arithmetic
+    as ``aten::sub`` / ``aten::mul`` on 0-dim Long tensors)."""
+    if not value.isCompleteTensor() or \
+            value.type().scalarType() not in _FLOATING:
         return 0
     return prod(get_shape(value))
 
@@ -108,6 +115,24 @@ def sdpa_flops(inputs: List[Any], outputs: List[Any]) -> int:
     return batch * lq * lk * (e + 1 + ev)
 
 
+def einsum_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """Exact MACs of a one- or two-operand ``einsum``: the product of the
+    sizes of all its indices (every output element sums over the
+    contracted ones). mmengine's handle reads numpy's ``einsum_path``
+    report, which rounds to four significant digits (and allocates every
+    operand); it remains the fallback for three or more operands or an
+    ellipsis."""
+    equation = inputs[0].toIValue().replace(' ', '')
+    shapes = [get_shape(v) for v in inputs[1].node().inputs()]
+    lhs = equation.split('->')[0].split(',')
+    if len(lhs) > 2 or '.' in equation or None in shapes:
+        return einsum_flop_jit(inputs, outputs)
+    sizes: Dict[str, int] = {}
+    for letters, shape in zip(lhs, shapes):
+        sizes.update(zip(letters, shape))
+    return prod(sizes.values())
+
+
 #: Element-wise ops: one FLOP per output element.
 ELEMENTWISE_OPS = (
     'aten::add', 'aten::add_', 'aten::sub', 'aten::sub_', 'aten::rsub',
@@ -143,6 +168,7 @@ EXTRA_HANDLES: Dict[str, Any] = {
     **{op: output_elements for op in ELEMENTWISE_OPS},
     **{op: input_elements for op in REDUCTION_OPS},
     'aten::scaled_dot_product_attention': sdpa_flops,
+    'aten::einsum': einsum_flops,
 }
 
 
@@ -207,6 +233,7 @@ class Complexity:
         attention_uncounted (Counter): Ops met inside attention modules that
             have no handle (empty when everything is counted).
         num_attention_modules (int): How many attention modules.
+        attention_types (Counter): How many of each class.
         by_module (dict): FLOPs of named parts (e.g. backbone, neck).
     """
 
@@ -217,6 +244,7 @@ class Complexity:
     attention_by_operator: Counter = field(default_factory=Counter)
     attention_uncounted: Counter = field(default_factory=Counter)
     num_attention_modules: int = 0
+    attention_types: Counter = field(default_factory=Counter)
     by_module: Dict[str, Tuple[int, int]] = field(default_factory=dict)
 
 
@@ -258,6 +286,8 @@ def measure(model: nn.Module,
         attention_by_operator=by_operator,
         attention_uncounted=uncounted,
         num_attention_modules=len(attention),
+        attention_types=Counter(type(m).__name__
+                                for m in attention.values()),
         by_module={part: (params[part], int(flops[part]))
                    for part in parts})
 
@@ -296,11 +326,33 @@ def classifier_complexity(backbone_cfg: dict,
                           input_size: Size = (224, 224),
                           num_classes: int = 1000) -> Complexity:
     """Complexity of the ImageNet classifier built on ``backbone_cfg``
-    (last stage, GAP, FC) for one ``input_size`` = (H, W) image."""
-    backbone = build_backbone(dict(backbone_cfg, out_indices=(
-        backbone_cfg.get('num_stages', 4) - 1, )))
-    model = ImageClassifier(backbone, num_classes)
-    return measure(model, _image(input_size))
+    (last stage, GAP, FC) for one ``input_size`` = (H, W) image.
+
+    Results are cached per (config, size, classes) within the process:
+    they depend on nothing else, and the model zoo and ``get_flops.py``
+    measure the same backbones."""
+    key = json.dumps([_plain(backbone_cfg), list(input_size), num_classes],
+                     sort_keys=True, default=repr)
+    if key not in _CLASSIFIER_CACHE:
+        backbone = build_backbone(dict(backbone_cfg, out_indices=(
+            backbone_cfg.get('num_stages', 4) - 1, )))
+        model = ImageClassifier(backbone, num_classes)
+        _CLASSIFIER_CACHE[key] = measure(model, _image(input_size))
+    return copy.deepcopy(_CLASSIFIER_CACHE[key])
+
+
+_CLASSIFIER_CACHE: Dict[str, Complexity] = {}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with ConfigDicts and tuples as dicts and lists, and no
+    weight-loading keys (a cache key)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()
+                if k not in ('init_cfg', 'pretrained')}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def backbone_complexity(backbone_cfg: dict,

@@ -332,7 +332,8 @@ def _spatial_panel(ax, m: AttentionMap, image: np.ndarray, fig) -> None:
         data = np.ma.masked_invalid(m.spatial)
         overlay = ax.imshow(data, cmap='jet', alpha=0.5,
                             extent=(0, w, h, 0), interpolation='bilinear')
-        fig.colorbar(overlay, ax=ax, fraction=0.046, pad=0.02)
+        bar = fig.colorbar(overlay, ax=ax, fraction=0.046, pad=0.02)
+        bar.ax.tick_params(labelsize=6)
         what = ('mean weight over channels' if m.kind == GATE else
                 'mean |added| over channels')
         ax.set_title(f'{_title(m)}\nspatial: {what}', fontsize=8)
@@ -344,8 +345,8 @@ def _spatial_panel(ax, m: AttentionMap, image: np.ndarray, fig) -> None:
         elif m.kind == RESIDUAL:
             note = 'adds the same vector everywhere:\nno spatial variation'
         else:
-            note = (f'same weight at every position\n(a channel gate; mean '
-                    f'{m.uniform:.3g})')
+            note = (f'same weight at every position:\nno spatial '
+                    f'attention here (mean {m.uniform:.3g})')
         ax.text(w / 2, h / 2, note, ha='center', va='center', fontsize=8,
                 bbox=dict(boxstyle='round', fc='white', alpha=0.85))
         ax.set_title(f'{_title(m)}\nspatial: uniform', fontsize=8)
@@ -372,19 +373,20 @@ def _channel_panels(ax_bar, ax_hist, m: AttentionMap) -> None:
     reference = 1.0 if m.kind == GATE else 0.0
     what = 'weight' if m.kind == GATE else 'added'
     ax_bar.stairs(np.nan_to_num(values, nan=reference),
-                  np.arange(len(values) + 1), baseline=reference,
-                  fill=True)
+                  np.arange(len(values) + 1), fill=True)
     ax_bar.axhline(reference, color='grey', lw=0.6, ls='--')
     ax_bar.set_xlim(0, len(values))
     ax_bar.set_xlabel('channel', fontsize=7)
     ax_bar.set_title(f'per channel: mean {what} over positions',
                      fontsize=8)
-    ax_hist.hist(finite, bins=min(40, max(5, finite.size // 8)))
+    ax_hist.hist(finite, bins=min(40, max(5, finite.size // 8)),
+                 histtype='stepfilled')
     ax_hist.axvline(reference, color='grey', lw=0.6, ls='--')
     ax_hist.set_xlabel(f'channel {what}', fontsize=7)
     ax_hist.set_title('histogram over channels', fontsize=8)
     for ax in (ax_bar, ax_hist):
         ax.tick_params(labelsize=6)
+        ax.locator_params(nbins=4)
 
 
 def render_stage(maps: Sequence[AttentionMap], image: np.ndarray,
@@ -395,17 +397,21 @@ def render_stage(maps: Sequence[AttentionMap], image: np.ndarray,
     figure (Agg canvas, not shown)."""
     from matplotlib.figure import Figure
     rows = len(maps)
-    fig = Figure(figsize=(13, 3.0 * rows + 0.9))
-    axes = fig.subplots(rows, 3, squeeze=False,
-                        gridspec_kw=dict(width_ratios=(1.4, 1, 1)))
+    height = 3.0 * rows + 1.0  # inches: 3 per row, 1 for title and note
+    fig = Figure(figsize=(13, height))
+    # A fixed layout: tight_layout would measure every tick label of
+    # every panel, several times the cost of drawing the figure.
+    axes = fig.subplots(rows, 3, squeeze=False, gridspec_kw=dict(
+        width_ratios=(1.4, 1, 1), left=0.03, right=0.98, wspace=0.3,
+        top=1 - 0.8 / height, bottom=0.8 / height, hspace=0.55))
     for m, (ax_img, ax_bar, ax_hist) in zip(maps, axes):
         _spatial_panel(ax_img, m, image, fig)
         _channel_panels(ax_bar, ax_hist, m)
     kinds = sorted({m.kind for m in maps})
     footnote = '; '.join(_EXPLAIN[k] for k in kinds)
-    fig.suptitle(title, fontsize=10)
-    fig.text(0.5, 0.005, footnote, ha='center', va='bottom', fontsize=7)
-    fig.tight_layout(rect=(0, 0.02, 1, 0.97))
+    fig.suptitle(title, fontsize=10, y=1 - 0.15 / height)
+    fig.text(0.5, 0.1 / height, footnote, ha='center', va='bottom',
+             fontsize=7)
     return fig
 
 

@@ -175,3 +175,37 @@ def spatial_mean_var(x: torch.Tensor, dims=(2, 3), correction: int = 0):
     var, mean = torch.var_mean(x.to(accumulate_dtype(x)), dim=dims,
                                keepdim=True, correction=correction)
     return mean, var
+
+
+# --------------------------------------------------------------------------
+# ONNX-exportable adaptive pooling
+# --------------------------------------------------------------------------
+def _adaptive_pool_matrix(in_size: int, out_size: int,
+                          like: torch.Tensor) -> torch.Tensor:
+    """(out_size, in_size) matrix averaging the bins of adaptive pooling:
+    row i covers ``[floor(i * in / out), ceil((i + 1) * in / out))``."""
+    matrix = torch.zeros(out_size, in_size, dtype=like.dtype,
+                         device=like.device)
+    for i in range(out_size):
+        start = (i * in_size) // out_size
+        end = -((-(i + 1) * in_size) // out_size)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def adaptive_avg_pool2d(x: torch.Tensor, output_size) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d``, also exportable to ONNX for any sizes.
+
+    ONNX has no adaptive pooling and torch's exporter handles only output
+    sizes that divide the input size. While exporting, the pooling is
+    written as one averaging matrix per axis, built for the traced input
+    size: the same bins, so the same result (an exported graph then
+    expects that input size). Otherwise ``F.adaptive_avg_pool2d`` runs.
+    """
+    if not torch.onnx.is_in_onnx_export():
+        return torch.nn.functional.adaptive_avg_pool2d(x, output_size)
+    out_h, out_w = (output_size, output_size) if isinstance(
+        output_size, int) else output_size
+    rows = _adaptive_pool_matrix(x.shape[-2], out_h, x)  # (oh, H)
+    cols = _adaptive_pool_matrix(x.shape[-1], out_w, x)  # (ow, W)
+    return torch.einsum('ph,bchw,qw->bcpq', rows, x, cols)  # (B, C, oh, ow)

@@ -81,7 +81,10 @@ class CrissCrossAttention(QKVSelfAttention, AttentionModule):
             q, k = q.to(accumulate_dtype(q)), k.to(accumulate_dtype(k))
             # Column term: position (i, j) against (g, j), g = 0..H-1.
             e_col = torch.einsum('bcij,bcgj->bijg', q, k)  # (B, H, W, H)
-            self_pos = torch.eye(h, dtype=torch.bool, device=x.device)
+            # (H, H) diagonal; a comparison rather than torch.eye(bool),
+            # which ONNX Runtime cannot run (EyeLike of bool)
+            rows = torch.arange(h, device=x.device)
+            self_pos = rows.unsqueeze(1) == rows.unsqueeze(0)
             e_col = e_col.masked_fill(self_pos.unsqueeze(1), float('-inf'))
             # Row term: position (i, j) against (i, g), g = 0..W-1.
             e_row = torch.einsum('bcij,bcig->bijg', q, k)  # (B, H, W, W)

@@ -4,9 +4,9 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from mmattn.models.common import (ActLayer, accumulate_dtype, check_choice,
+from mmattn.models.common import (ActLayer, accumulate_dtype,
+                                  adaptive_avg_pool2d, check_choice,
                                   check_divisible, check_positive_int,
                                   create_act, reduced_channels)
 from mmattn.registry import MODELS
@@ -187,7 +187,7 @@ class MultiSpectralAttention(AttentionModule):
         shape (B, C), in at least fp32."""
         pooled = x
         if x.shape[2:] != self.dct_size:
-            pooled = F.adaptive_avg_pool2d(x, self.dct_size)  # (B, C, dh, dw)
+            pooled = adaptive_avg_pool2d(x, self.dct_size)  # (B, C, dh, dw)
         return torch.sum(pooled * self.dct_filter, dim=(2, 3),
                          dtype=accumulate_dtype(pooled))  # (B, C)
 

@@ -7,6 +7,7 @@ from mmdet.models.backbones.resnet import ResNet
 from mmdet.models.layers import ResLayer
 from mmdet.registry import MODELS as MMDET_MODELS
 
+from mmattn.compat_guards import check_plugin_type
 from mmattn.models.attention.base import POSITIONS
 from mmattn.models.common import check_choice, check_positive_int
 from .blocks import (AttentionBasicBlock, AttentionBottleneck,
@@ -52,6 +53,7 @@ def normalize_plugin(plugin: dict, num_stages: int) -> dict:
         raise ValueError(f'unknown plugin key(s) {sorted(unknown)}; allowed: '
                          f'{PLUGIN_KEYS} ("postfix" goes inside "cfg")')
     plugin = dict(plugin)
+    check_plugin_type(plugin['cfg'])
     position = plugin.get('position') or default_position(plugin['cfg'])
     plugin['position'] = check_choice(position, POSITIONS, 'position')
     stages = plugin.get('stages')

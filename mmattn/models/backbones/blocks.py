@@ -35,18 +35,15 @@ BOTTLENECK_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
 
 
 def build_attention(cfg: dict, in_channels: int, postfix=''):
-    """``build_plugin_layer`` plus one fix: an mmcv brick that keeps its
-    official init in ``reset_parameters`` (``ContextBlock``'s zero-init last
-    conv) gets it exposed as ``init_weights``, so mmengine re-applies it
-    after the backbone's generic Kaiming/Constant init, before a
-    ``Pretrained`` checkpoint loads."""
+    """``build_plugin_layer``, honouring a ``postfix`` key inside ``cfg``.
+
+    Every module's official init survives the backbone's generic
+    Kaiming/Constant init through its ``init_weights`` (mmcv's
+    ``ContextBlock`` gets one in :mod:`mmattn.models.attention.context_block`).
+    """
     cfg = dict(cfg)
-    name, layer = build_plugin_layer(
-        cfg, in_channels=in_channels, postfix=cfg.pop('postfix', postfix))
-    if (not hasattr(layer, 'init_weights')
-            and hasattr(layer, 'reset_parameters')):
-        layer.init_weights = layer.reset_parameters
-    return name, layer
+    return build_plugin_layer(cfg, in_channels=in_channels,
+                              postfix=cfg.pop('postfix', postfix))
 
 
 class _AttentionBlockMixin:
