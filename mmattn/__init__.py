@@ -1,7 +1,10 @@
 """mmattn: visual attention plug-ins for MMDetection 3.x.
 
 Importing the package applies the compatibility fixes for the pinned stack
-(:mod:`mmattn.compat`) and registers every mmattn module in mmengine's root
+(:mod:`mmattn.compat`: weights-only local loads; :mod:`.compat_checkpoint`:
+crash-safe saves, weights-only remote loads; :mod:`.compat_amp`: ``--amp``
+on CPU; :mod:`.compat_guards`: clear errors for bad plugin lists and
+images) and registers every mmattn module in mmengine's root
 ``MODELS`` registry (:mod:`mmattn.registry`), and its training hooks in
 the root ``HOOKS`` registry.
 """

@@ -17,9 +17,9 @@ only:
   ("expected scalar type Float but found BFloat16" as soon as an RPN runs
   under autocast). Their half-precision CPU inputs are computed in fp32;
   RoIAlign's output goes back to its input's dtype (mmdet writes it into a
-  buffer of that dtype), NMS returns indices. Exact: both kernels are
-  comparisons and bilinear interpolation, which fp32 represents exactly
-  for bf16/fp16 inputs.
+  buffer of that dtype), NMS returns indices. Every bf16/fp16 value is
+  exactly representable in fp32, so the kernels see the same inputs and
+  compute at least as accurately as a half-precision kernel would.
 """
 from __future__ import annotations
 

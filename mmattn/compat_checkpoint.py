@@ -109,7 +109,10 @@ def atomic_write(data: bytes | str, path: str) -> None:
     _fsync_dir(osp.dirname(path))
 
 
+#: mmengine's originals (kept for comparison in the tests)
 _mmengine_save_checkpoint = mmengine_checkpoint.save_checkpoint
+_mmengine_save_checkpoint_with_step = \
+    CheckpointHook._save_checkpoint_with_step
 
 
 def save_checkpoint(checkpoint: dict,

@@ -27,8 +27,11 @@ the style of ``ptflops``/mmcv's old ``get_model_complexity_info``):
   (mmengine's handles);
 * shape and memory ops (view, permute, cat, pad, ...): zero.
 
-With this convention ResNet-50 at 224 x 224 is 4.12 GFLOPs (conv 4.087,
-BN 0.022, ReLU/add/pool 0.016, FC 0.002), as published.
+With this convention ResNet-50 at 224 x 224 is 4.127 GFLOPs (conv 4.087,
+BN 0.022, ReLU / residual add / pooling 0.016, FC 0.002) against the
+published 4.12; attention modules add what they compute, usually a little
+more than the published deltas, whose hook-based counters missed the
+functional ops (``x * gate``, ``torch.mean``).
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from math import prod
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -315,7 +318,11 @@ class ImageClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int = 1000) -> None:
         super().__init__()
         self.backbone = backbone
-        self.fc = nn.Linear(backbone.feat_dim, num_classes)
+        channels = getattr(backbone, 'feat_dim', None)
+        if channels is None:  # not an mmdet ResNet: ask the backbone
+            with torch.no_grad():
+                channels = backbone(torch.zeros(1, 3, 64, 64))[-1].shape[1]
+        self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.backbone(x)[-1]  # (B, C, h, w), the last stage

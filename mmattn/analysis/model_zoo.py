@@ -18,6 +18,7 @@ when the README is stale.
 from __future__ import annotations
 
 import os.path as osp
+import textwrap
 from typing import Dict, List, NamedTuple, Optional
 
 from .complexity import Complexity, classifier_complexity
@@ -172,7 +173,7 @@ def _gflops(n: int, signed: bool = False) -> str:
 def render_table(measured: Dict[Optional[str], Complexity]) -> str:
     """The markdown between :data:`BEGIN` and :data:`END`."""
     base = measured[None]
-    lines = [
+    intro = textwrap.wrap(
         'Cost **measured here**: the ResNet-50 backbone of '
         '`configs/faster_rcnn_<attention>_r50_fpn.py` as an ImageNet '
         'classifier (global pooling, 1000-class FC), at 224 × 224, by '
@@ -183,7 +184,8 @@ def render_table(measured: Dict[Optional[str], Complexity]) -> str:
         'reproduced here; "a → b" is baseline → with the module in the '
         'same source table; COCO AP is box AP (/ mask AP), R-50-FPN '
         'unless noted (FR Faster R-CNN, MR Mask R-CNN, RN RetinaNet, CR '
-        'Cascade R-CNN).',
+        'Cascade R-CNN).', width=116, break_on_hyphens=False)
+    lines = intro + [
         '',
         '| Attention | Params (M) | Δ params | GFLOPs | Δ GFLOPs | '
         'Published params / GFLOPs | Published ImageNet top-1 (%) | '

@@ -26,6 +26,7 @@ per-channel values.
 """
 from __future__ import annotations
 
+import math
 import os
 import os.path as osp
 import re
@@ -43,7 +44,7 @@ GATE, RESIDUAL, SELECTION = 'gate', 'residual', 'selection'
 #: Relative tolerance below which a weight counts as constant over space.
 UNIFORM_RTOL = 1e-5
 
-#: Where the default mean/std come from when a config has no
+#: Mean and std used when a config has no
 #: ``data_preprocessor`` (ImageNet statistics on 0-255 RGB).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -91,6 +92,9 @@ class AttentionMap:
         uniform (float, optional): The constant over space when
             ``spatial`` is None (mean over channels); None otherwise.
         feature_size (tuple): (h, w) of the module's feature map.
+        cell (tuple): (height, width) of one feature cell in image pixels
+            (the stride), so ``spatial`` covers
+            ``spatial.shape * cell`` >= the image.
         channels (int): C.
         branches (list[str]): Branch labels of a selection.
     """
@@ -103,12 +107,21 @@ class AttentionMap:
     spatial: Optional[np.ndarray]
     uniform: Optional[float]
     feature_size: Tuple[int, int]
+    cell: Tuple[float, float]
     channels: int
     branches: List[str] = field(default_factory=list)
 
+    def extent(self) -> Tuple[float, float, float, float]:
+        """(left, right, bottom, top) of ``spatial`` in image pixels, for
+        ``imshow``; it may pass the image's right / bottom edge by less
+        than a cell."""
+        h, w = self.spatial.shape
+        return (0., w * self.cell[1], h * self.cell[0], 0.)
+
     def spatial_on_image(self, size: Tuple[int, int]) -> np.ndarray:
-        """The spatial map resized (bilinear) to an image of ``size`` =
-        (H, W); undefined cells are filled with the map's mean."""
+        """The spatial map on the pixels of the image of ``size`` = (H, W)
+        it was computed on: resized (bilinear) to its cells' extent, then
+        cut to the image. Undefined cells take the map's mean."""
         import cv2
         if self.spatial is None:
             raise ValueError(f'{self.name} has no spatial map')
@@ -116,8 +129,10 @@ class AttentionMap:
         finite = np.isfinite(data)
         fill = float(data[finite].mean()) if finite.any() else 0.
         data = np.where(finite, data, fill)
-        return cv2.resize(data, (size[1], size[0]),
+        _, right, bottom, _ = self.extent()
+        full = cv2.resize(data, (round(right), round(bottom)),
                           interpolation=cv2.INTER_LINEAR)
+        return full[:size[0], :size[1]]
 
 
 # --------------------------------------------------------------------------
@@ -142,11 +157,14 @@ def _is_uniform(per_channel_range: torch.Tensor, scale: float) -> bool:
         finite.max() <= UNIFORM_RTOL * max(scale, 1e-12))
 
 
-def _crop(t: torch.Tensor, valid: Tuple[float, float]) -> torch.Tensor:
-    """The part of a (..., h, w) map covering the image (not the
-    padding); ``valid`` = image size / padded input size."""
-    h, w = t.shape[-2:]
-    return t[..., :max(1, round(h * valid[0])), :max(1, round(w * valid[1]))]
+def _cells(image_size: Tuple[int, int], input_size: Tuple[int, int],
+           feature_size: Tuple[int, int]) -> Tuple[tuple, tuple]:
+    """Cell size (stride) in pixels, and how many rows / columns of a
+    feature map touch the image (not only the padding)."""
+    cell = (input_size[0] / feature_size[0], input_size[1] / feature_size[1])
+    count = tuple(max(1, math.ceil(i / c - 1e-6))
+                  for i, c in zip(image_size, cell))
+    return cell, count
 
 
 def _branch_label(conv: nn.Module) -> str:
@@ -161,16 +179,19 @@ class AttentionRecorder:
     attention module of ``backbone`` (see the module docstring).
 
     Use as a context manager around the backbone's forward pass; maps are
-    reduced in the hook, so no full-size tensor is kept. ``valid`` is the
-    fraction (H/H_pad, W/W_pad) of the input that is image, not padding.
+    reduced in the hook, so no full-size tensor is kept. ``image_size`` is
+    the (H, W) of the image inside the padded input of ``input_size``;
+    spatial maps keep the cells that touch the image.
     """
 
-    def __init__(self, backbone: nn.Module,
-                 valid: Tuple[float, float] = (1., 1.)) -> None:
+    def __init__(self, backbone: nn.Module, image_size: Tuple[int, int],
+                 input_size: Tuple[int, int]) -> None:
         self.backbone = backbone
-        self.valid = valid
+        self.image_size = image_size
+        self.input_size = input_size
         self.maps: List[AttentionMap] = []
         self._handles: list = []
+        self._versions: Dict[str, int] = {}
 
     def __enter__(self) -> 'AttentionRecorder':
         for name, module in attention_modules(self.backbone).items():
@@ -178,9 +199,21 @@ class AttentionRecorder:
             if kind == SELECTION:
                 self._hook_selection(name, module)
             else:
+                self._handles.append(module.register_forward_pre_hook(
+                    self._remember_version(name)))
                 self._handles.append(module.register_forward_hook(
                     self._make_hook(name, module, kind)))
         return self
+
+    def _remember_version(self, name: str):
+        """A pre-hook noting the input's version counter: a module that
+        overwrites its input in place would leave nothing to compare its
+        output with, and the map would be wrong."""
+
+        def pre_hook(mod: nn.Module, args: tuple) -> None:
+            self._versions[name] = args[0]._version
+
+        return pre_hook
 
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
@@ -195,6 +228,11 @@ class AttentionRecorder:
     def _make_hook(self, name: str, module: nn.Module, kind: str):
 
         def hook(mod: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if args[0]._version != self._versions.pop(name):
+                raise RuntimeError(
+                    f'{name} ({type(mod).__name__}) modified its input in '
+                    f'place: its attention map cannot be read from input '
+                    f'and output')
             x = args[0][0].detach().float()  # (C, h, w), first image
             y = output[0].detach().float()
             if kind == GATE:
@@ -207,8 +245,10 @@ class AttentionRecorder:
                 weight = y - x
                 scale = float(x.abs().max() + weight.abs().max())
                 shown = weight.abs()
-            weight, shown = _crop(weight, self.valid), _crop(shown,
-                                                            self.valid)
+            cell, (rows, cols) = _cells(self.image_size, self.input_size,
+                                        tuple(x.shape[-2:]))
+            weight = weight[:, :rows, :cols]  # (C, h', w'): on the image
+            shown = shown[:, :rows, :cols]
             flat = weight.flatten(1)  # (C, h'*w')
             spread = flat.nan_to_num(float('-inf')).amax(1) - \
                 flat.nan_to_num(float('inf')).amin(1)  # (C,)
@@ -220,7 +260,7 @@ class AttentionRecorder:
                 channel=channel.numpy(),
                 spatial=None if uniform else spatial.numpy(),
                 uniform=float(channel.nanmean()) if uniform else None,
-                feature_size=tuple(x.shape[-2:]),
+                feature_size=tuple(x.shape[-2:]), cell=cell,
                 channels=x.shape[0])
 
         return hook
@@ -247,9 +287,11 @@ class AttentionRecorder:
 
         def hook(mod: nn.Module, args: tuple, output: torch.Tensor) -> None:
             weights = found.pop('logits').softmax(dim=0)  # (M, C)
+            size = tuple(output.shape[-2:])
             self._record(name, module, SELECTION, channel=weights.numpy(),
-                         spatial=None, uniform=None,
-                         feature_size=tuple(output.shape[-2:]),
+                         spatial=None, uniform=None, feature_size=size,
+                         cell=_cells(self.image_size, self.input_size,
+                                     size)[0],
                          channels=weights.shape[1], branches=labels)
 
         self._handles.append(source.register_forward_hook(grab_logits))
@@ -265,13 +307,12 @@ class Preprocessed:
 
     Attributes:
         inputs (Tensor): (1, 3, H_pad, W_pad), normalised and padded.
-        image (ndarray): The resized RGB image, (H, W, 3) uint8.
-        valid (tuple): (H / H_pad, W / W_pad).
+        image (ndarray): The resized RGB image, (H, W, 3) uint8, at the
+            top left of ``inputs``.
     """
 
     inputs: torch.Tensor
     image: np.ndarray
-    valid: Tuple[float, float]
 
 
 def preprocess(image_bgr: np.ndarray,
@@ -295,7 +336,7 @@ def preprocess(image_bgr: np.ndarray,
     padded = np.zeros((ph, pw, 3), np.float32)
     padded[:h, :w] = x
     inputs = torch.from_numpy(padded).permute(2, 0, 1)[None].contiguous()
-    return Preprocessed(inputs, np.ascontiguousarray(rgb), (h / ph, w / pw))
+    return Preprocessed(inputs, np.ascontiguousarray(rgb))
 
 
 def collect_attention_maps(backbone: nn.Module,
@@ -303,7 +344,8 @@ def collect_attention_maps(backbone: nn.Module,
     """Run ``backbone`` (eval mode, no gradient) on ``data`` and return
     the map of every attention module, in forward order."""
     backbone.eval()
-    with AttentionRecorder(backbone, data.valid) as recorder, \
+    with AttentionRecorder(backbone, data.image.shape[:2],
+                           tuple(data.inputs.shape[-2:])) as recorder, \
             torch.no_grad():
         backbone(data.inputs)
     return recorder.maps
@@ -330,8 +372,8 @@ def _spatial_panel(ax, m: AttentionMap, image: np.ndarray, fig) -> None:
     ax.imshow(image, extent=(0, w, h, 0))
     if m.spatial is not None:
         data = np.ma.masked_invalid(m.spatial)
-        overlay = ax.imshow(data, cmap='jet', alpha=0.5,
-                            extent=(0, w, h, 0), interpolation='bilinear')
+        overlay = ax.imshow(data, cmap='jet', alpha=0.5, extent=m.extent(),
+                            interpolation='bilinear')
         bar = fig.colorbar(overlay, ax=ax, fraction=0.046, pad=0.02)
         bar.ax.tick_params(labelsize=6)
         what = ('mean weight over channels' if m.kind == GATE else
@@ -359,7 +401,8 @@ def _channel_panels(ax_bar, ax_hist, m: AttentionMap) -> None:
     if m.kind == SELECTION:
         edges = np.arange(m.channels + 1)
         for label, weights in zip(m.branches, m.channel):
-            ax_bar.stairs(weights, edges, label=label)
+            ax_bar.plot(edges, np.append(weights, weights[-1]), lw=0.8,
+                        drawstyle='steps-post', label=label)
         ax_bar.legend(fontsize=6, loc='upper right')
         ax_bar.set_ylim(0, 1)
         ax_bar.set_title('branch weight per channel', fontsize=8)
@@ -369,18 +412,29 @@ def _channel_panels(ax_bar, ax_hist, m: AttentionMap) -> None:
         ax_hist.tick_params(labelsize=6)
         return
     values = m.channel
-    finite = values[np.isfinite(values)]
+    # float64: float32 bin edges collapse on nearly constant values
+    finite = values[np.isfinite(values)].astype(np.float64)
     reference = 1.0 if m.kind == GATE else 0.0
     what = 'weight' if m.kind == GATE else 'added'
-    ax_bar.stairs(np.nan_to_num(values, nan=reference),
-                  np.arange(len(values) + 1), fill=True)
+    # one bar per channel, drawn as a single step-shaped polygon
+    heights = np.nan_to_num(values, nan=reference)
+    ax_bar.fill_between(np.arange(len(values) + 1),
+                        np.append(heights, heights[-1]), step='post',
+                        lw=0)
     ax_bar.axhline(reference, color='grey', lw=0.6, ls='--')
     ax_bar.set_xlim(0, len(values))
     ax_bar.set_xlabel('channel', fontsize=7)
     ax_bar.set_title(f'per channel: mean {what} over positions',
                      fontsize=8)
-    ax_hist.hist(finite, bins=min(40, max(5, finite.size // 8)),
-                 histtype='stepfilled')
+    lo, hi = ((float(finite.min()), float(finite.max())) if finite.size
+              else (reference, reference))
+    if hi - lo <= 1e-6 * max(1., abs(hi)):
+        # (near-)constant values: one bin, widened so that it shows
+        pad = max(1e-3 * abs(hi), 1e-6)
+        bins, value_range = 1, (lo - pad, hi + pad)
+    else:
+        bins, value_range = min(40, max(5, finite.size // 8)), (lo, hi)
+    ax_hist.hist(finite, bins=bins, range=value_range, histtype='stepfilled')
     ax_hist.axvline(reference, color='grey', lw=0.6, ls='--')
     ax_hist.set_xlabel(f'channel {what}', fontsize=7)
     ax_hist.set_title('histogram over channels', fontsize=8)
@@ -421,7 +475,7 @@ def stage_title(maps: Sequence[AttentionMap], image_name: str,
     m = maps[0]
     stride = input_size[0] // max(1, m.feature_size[0])
     types = ', '.join(sorted({x.type for x in maps}))
-    return (f'Stage {m.stage}: {len(maps)} attention module(s) '
+    return (f'Stage {m.stage}: {len(maps)} attention module(s) shown '
             f'({types}) on {m.channels}-channel maps at 1/{stride} '
             f'resolution; image {image_name}')
 
@@ -484,10 +538,23 @@ class Visualization:
     image: np.ndarray
 
 
+def select_blocks(maps: Sequence[AttentionMap],
+                  limit: Optional[int]) -> List[AttentionMap]:
+    """At most ``limit`` maps, evenly spaced from the first to the last
+    (all if ``limit`` is None)."""
+    if limit is None or len(maps) <= limit:
+        return list(maps)
+    if limit < 1:
+        raise ValueError(f'max_per_stage must be >= 1, got {limit}')
+    picks = np.unique(np.linspace(0, len(maps) - 1, limit).round())
+    return [maps[int(i)] for i in picks]
+
+
 def visualize(config, image: str, out_dir: str,
               checkpoint: Optional[str] = None,
               scale: Optional[Tuple[int, int]] = None,
-              dpi: int = 100) -> Visualization:
+              dpi: int = 100,
+              max_per_stage: Optional[int] = None) -> Visualization:
     """Save ``<out_dir>/stage<k>.png`` for every stage of ``config``'s
     backbone that holds attention modules.
 
@@ -501,6 +568,9 @@ def visualize(config, image: str, out_dir: str,
         scale (tuple, optional): (long, short) bound of the resize; default:
             the config's test ``Resize`` scale, else (1333, 800).
         dpi (int): Resolution of the PNGs.
+        max_per_stage (int, optional): Draw at most this many modules per
+            stage (evenly spaced, first and last included); default all.
+            :attr:`Visualization.maps` always holds every module.
     """
     import mmcv
     from mmengine.config import Config
@@ -515,7 +585,8 @@ def visualize(config, image: str, out_dir: str,
     files = {}
     name = osp.basename(image)
     for stage in sorted({m.stage for m in maps}):
-        stage_maps = [m for m in maps if m.stage == stage]
+        stage_maps = select_blocks([m for m in maps if m.stage == stage],
+                                   max_per_stage)
         fig = render_stage(stage_maps, data.image, stage_title(
             stage_maps, name, tuple(data.inputs.shape[-2:])))
         files[stage] = osp.join(out_dir, f'stage{stage}.png')
@@ -526,6 +597,7 @@ def visualize(config, image: str, out_dir: str,
 __all__ = [
     'AttentionMap', 'AttentionRecorder', 'Preprocessed', 'Visualization',
     'module_kind', 'module_stage', 'preprocess', 'collect_attention_maps',
-    'render_stage', 'stage_title', 'load_backbone', 'visualize', 'GATE',
+    'render_stage', 'stage_title', 'select_blocks', 'load_backbone',
+    'visualize', 'GATE',
     'RESIDUAL', 'SELECTION'
 ]

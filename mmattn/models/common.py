@@ -183,14 +183,15 @@ def spatial_mean_var(x: torch.Tensor, dims=(2, 3), correction: int = 0):
 def _adaptive_pool_matrix(in_size: int, out_size: int,
                           like: torch.Tensor) -> torch.Tensor:
     """(out_size, in_size) matrix averaging the bins of adaptive pooling:
-    row i covers ``[floor(i * in / out), ceil((i + 1) * in / out))``."""
-    matrix = torch.zeros(out_size, in_size, dtype=like.dtype,
-                         device=like.device)
+    row i covers ``[floor(i * in / out), ceil((i + 1) * in / out))``. Built
+    from Python numbers, so that a traced graph holds it as a constant."""
+    rows = []
     for i in range(out_size):
         start = (i * in_size) // out_size
-        end = -((-(i + 1) * in_size) // out_size)
-        matrix[i, start:end] = 1.0 / (end - start)
-    return matrix
+        end = -(-(i + 1) * in_size // out_size)
+        rows.append([1.0 / (end - start) if start <= j < end else 0.0
+                     for j in range(in_size)])
+    return torch.tensor(rows, dtype=like.dtype, device=like.device)
 
 
 def adaptive_avg_pool2d(x: torch.Tensor, output_size) -> torch.Tensor:

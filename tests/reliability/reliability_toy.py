@@ -3,7 +3,9 @@ R-CNN config (``configs/faster_rcnn_eca_r50_fpn.py``) shrunk by
 ``tiny_detection_cfg`` and slimmed further: a ResNet-18 body
 (``AttentionResNet``, BasicBlocks, BN trained), narrow FPN and heads, 64 px
 images. A training iteration takes a fraction of a second on CPU."""
+import importlib.util
 import os.path as osp
+import sys
 from typing import List, Optional
 
 import pytest
@@ -55,6 +57,20 @@ def toy_cfg(data_root: str,
     cfg.test_dataloader = cfg.test_cfg = cfg.test_evaluator = None
     cfg.default_hooks.pop('visualization', None)
     return cfg
+
+
+def contract_module():
+    """``tests/models/attention/test_contract.py`` (its ``TYPE_NAMES``: every
+    attention type mmattn promises), under its own module name so that
+    pytest's collection of it finds the same module."""
+    if 'test_contract' not in sys.modules:
+        path = osp.join(REPO, 'tests', 'models', 'attention',
+                        'test_contract.py')
+        spec = importlib.util.spec_from_file_location('test_contract', path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules['test_contract'] = module
+        spec.loader.exec_module(module)
+    return sys.modules['test_contract']
 
 
 def make_toy_data(root: str) -> str:

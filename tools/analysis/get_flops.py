@@ -14,10 +14,9 @@ Examples::
         --classifier
 """
 import argparse
-import sys
 from typing import Dict, Optional, Sequence
 
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 
 import mmattn  # noqa: F401  (registers the modules)
 from mmattn.analysis.complexity import (Complexity, classifier_complexity,
@@ -72,9 +71,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Complexity]:
         'papers\' parameter and FLOP counts')
     parser.add_argument('--num-classes', type=int, default=1000,
                         help='classes of the --classifier FC')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
     args = parser.parse_args(argv)
 
     cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
     results: Dict[str, Complexity] = {}
     lines = [f'config: {args.config}']
     if args.classifier:
@@ -111,4 +114,3 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Complexity]:
 
 if __name__ == '__main__':
     main()
-    sys.exit(0)

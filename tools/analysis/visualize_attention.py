@@ -33,16 +33,19 @@ def main(argv: Optional[Sequence[str]] = None) -> Visualization:
         help='resize bound (keeps the aspect ratio); default: the '
         'config\'s test Resize scale, else 1333 800')
     parser.add_argument('--dpi', type=int, default=100)
+    parser.add_argument('--max-per-stage', type=int,
+                        help='draw at most N modules per stage (evenly '
+                        'spaced, first and last included); default all')
     args = parser.parse_args(argv)
     result = visualize(args.config, args.image, args.out_dir,
                        checkpoint=args.checkpoint,
                        scale=tuple(args.scale) if args.scale else None,
-                       dpi=args.dpi)
+                       dpi=args.dpi, max_per_stage=args.max_per_stage)
     if not result.files:
         print(f'{args.config}: no attention modules in the backbone')
     for stage, path in result.files.items():
         count = sum(m.stage == stage for m in result.maps)
-        print(f'stage {stage}: {count} module(s) -> {path}')
+        print(f'stage {stage}: {count} attention module(s) -> {path}')
     return result
 
 

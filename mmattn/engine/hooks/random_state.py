@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 from mmengine.config import Config
+from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
@@ -31,15 +32,16 @@ def get_random_state() -> Dict[str, Any]:
 
 
 def set_random_state(state: Dict[str, Any]) -> None:
-    """Restore what :func:`get_random_state` returned."""
+    """Restore what :func:`get_random_state` returned (its tensors may
+    have been mapped to a GPU by the checkpoint loader)."""
     version, internal, gauss_next = state['python']
     random.setstate((version, tuple(internal), gauss_next))
     key, pos, has_gauss, gauss = state['numpy']
-    np.random.set_state(('MT19937', key.numpy().astype(np.uint32), pos,
-                         has_gauss, gauss))
-    torch.set_rng_state(state['torch'])
+    np.random.set_state(('MT19937', key.cpu().numpy().astype(np.uint32),
+                         pos, has_gauss, gauss))
+    torch.set_rng_state(state['torch'].cpu())
     if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state['cuda']])
 
 
 class _RestoringIterator:
@@ -94,13 +96,15 @@ class RandomStateHook(Hook):
     data-loader iterators, which draw from torch's generator) cannot make
     the two runs diverge. With ``randomness=dict(seed=..., deterministic=
     True)`` and ``num_workers=0`` a resumed run then ends with the weights
-    of the uninterrupted one. (Data-loader workers get their seeds from
-    mmengine's ``worker_init_fn``; their augmentation is replayed by the
-    skipped fetches.)
+    of the uninterrupted one (tested with ``num_workers=0``; data-loader
+    workers are seeded by mmengine's ``worker_init_fn`` and advance
+    through the skipped fetches).
 
     A checkpoint loaded with ``load_from`` (a new run from iteration 0)
-    leaves the generators alone. ``tools/train.py`` adds this hook to every
-    config (:func:`add_random_state_hook`).
+    leaves the generators alone. In distributed runs the state is saved
+    but not restored: rank 0 alone writes the checkpoint, and its state is
+    not the other ranks'. ``tools/train.py`` adds this hook to every config
+    (:func:`add_random_state_hook`).
     """
 
     priority = 'VERY_HIGH'
@@ -118,10 +122,12 @@ class RandomStateHook(Hook):
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         state = get_random_state()
         checkpoint[CHECKPOINT_KEY] = state
-        iterator = getattr(runner.train_loop, 'dataloader_iterator', None)
+        # not `runner.train_loop`, which would build a loop outside training
+        loop = getattr(runner, '_train_loop', None)
+        iterator = getattr(loop, 'dataloader_iterator', None)
         if isinstance(iterator, _RestoringIterator):
             iterator.restore_before(iterator.fetched, state)
-        elif self._at_epoch_end:
+        elif self._at_epoch_end and get_world_size() == 1:
             self._next_epoch_state = state
 
     # -- resuming ------------------------------------------------------
@@ -131,6 +137,8 @@ class RandomStateHook(Hook):
     def before_train(self, runner) -> None:
         loop = runner.train_loop
         loaded, self._loaded = self._loaded, None
+        if get_world_size() > 1:
+            return
         resumed = loaded is not None and (loop.iter > 0 or loop.epoch > 0)
         if hasattr(loop, 'dataloader_iterator'):
             loop.dataloader_iterator = _RestoringIterator(
