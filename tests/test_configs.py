@@ -129,6 +129,17 @@ INIT_CHECKED = {c for c in CONFIGS if c.startswith('demo/') or (
     c.startswith('faster_rcnn_') and c.endswith('_r50_fpn.py'))}
 
 
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """One torch thread: these tiny models gain nothing from a second one,
+    and OpenMP threads that spin lose several-fold when the cores are
+    shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(name, data_root, work_dir):
     cfg = Config.fromfile(osp.join(CONFIG_DIR, name))
     # Batch 2: BAM's and SK's BatchNorm over pooled vectors cannot train on

@@ -37,7 +37,7 @@ def parse_args(argv=None):
                                                         'shapes'))
     parser.add_argument('--num-train', type=int, default=400)
     parser.add_argument('--num-val', type=int, default=100)
-    parser.add_argument('--image-size', type=int, default=256)
+    parser.add_argument('--image-size', type=int, default=192)
     parser.add_argument('--iters', type=int, default=None,
                         help='training iterations (default: the config\'s)')
     parser.add_argument('--min-bbox', type=float, default=0.7,
@@ -57,9 +57,34 @@ def data_options(data_root: str) -> list:
             f'test_evaluator.ann_file={ann}']
 
 
+def schedule_options(config: str, iters: int) -> list:
+    """``--cfg-options`` training the config for ``iters`` iterations, its
+    lr schedule (iteration-based) scaled to match."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(config, import_custom_modules=False)
+    scale = iters / cfg.train_cfg.max_iters
+    options = [f'train_cfg.max_iters={iters}',
+               f'default_hooks.checkpoint.interval={iters}']
+    for i, scheduler in enumerate(cfg.param_scheduler):
+        for key in ('begin', 'end'):
+            if key in scheduler:
+                value = max(1, round(scheduler[key] * scale))
+                options.append(f'param_scheduler.{i}.{key}={value}')
+        if 'milestones' in scheduler:
+            milestones = ','.join(str(max(1, round(m * scale)))
+                                  for m in scheduler['milestones'])
+            options.append(f'param_scheduler.{i}.milestones=[{milestones}]')
+    return options
+
+
 def run(cmd: list) -> None:
     print('+', ' '.join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    # Idle OpenMP threads sleep instead of spinning: with spinning, torch's
+    # two threads slow down several-fold as soon as anything else runs on
+    # the two cores (measured 9.9 s vs 1.7 s per iteration).
+    env = dict(os.environ)
+    env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
 
 
 def main(argv=None) -> int:
@@ -73,12 +98,10 @@ def main(argv=None) -> int:
           f'[{time.time() - start:.0f} s]', flush=True)
 
     options = data_options(args.data_root)
-    train_options = list(options)
+    # no evaluation inside training: tools/test.py evaluates right after
+    train_options = options + ['train_cfg.val_interval=1000000']
     if args.iters is not None:
-        train_options += [f'train_cfg.max_iters={args.iters}',
-                          f'train_cfg.val_interval={args.iters}',
-                          f'default_hooks.checkpoint.interval={args.iters}',
-                          f'param_scheduler.1.end={args.iters}']
+        train_options += schedule_options(args.config, args.iters)
     run([sys.executable, osp.join(ROOT, 'tools', 'train.py'), args.config,
          '--work-dir', args.work_dir, '--cfg-options', *train_options])
     trained = time.time()

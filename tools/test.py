@@ -87,6 +87,11 @@ def parse_args(argv=None):
     return args
 
 
+def _jsonable(value):
+    """numpy / torch scalars and arrays in a metrics dict, for json."""
+    return value.tolist() if hasattr(value, 'tolist') else str(value)
+
+
 def keep_coco_results(cfg: Config, out: str) -> list:
     """Make every ``CocoMetric`` of the test evaluator that has no
     ``outfile_prefix`` write its COCO-format results next to ``out``
@@ -189,7 +194,7 @@ def main(argv=None) -> dict:
     if is_main_process():
         path = osp.join(cfg.work_dir, 'metrics.json')
         with open(path, 'w') as f:
-            json.dump(metrics, f, indent=1)
+            json.dump(metrics, f, indent=1, default=_jsonable)
         runner.logger.info(f'metrics written to {path}')
     return metrics
 

@@ -42,7 +42,7 @@ model = dict(
         rpn=dict(nms_pre=300, max_per_img=100),
         rcnn=dict(max_per_img=20)))
 
-max_iters = 600
+max_iters = 500
 train_cfg = dict(
     type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
@@ -55,7 +55,7 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
          end=50),
     dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
-         milestones=[450, 550], gamma=0.1)
+         milestones=[375, 450], gamma=0.1)
 ]
 auto_scale_lr = dict(enable=False, base_batch_size=4)
 

@@ -7,7 +7,8 @@
   evaluator (literals and ``dict(...)`` calls, nothing else), so a plugin
   list fits on the command line::
 
-      --cfg-options model.backbone.plugins="[dict(cfg=dict(type='ECA'),position='after_conv3')]"
+      --cfg-options model.backbone.plugins=\
+"[dict(cfg=dict(type='ECA'),position='after_conv3')]"
 
 * :func:`resolve_config_path`: a config named ``mmdet::<dir>/<file>.py``
   (the ``_base_`` syntax) is read from the installed package, so an
