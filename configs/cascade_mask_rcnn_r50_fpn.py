@@ -1,6 +1,6 @@
 # Cascade Mask R-CNN, ResNet-50-FPN, no attention: the baseline of the configs
-# cascade_mask_rcnn_<attention>_r50_fpn.py (each differs from it by one
-# snippet).
+# cascade_mask_rcnn_<attention>_r50_fpn.py (each differs from it by one snippet
+# and its pretrained backbone).
 # Backbone init: torchvision ResNet-50 ImageNet weights (mmdet's default).
 # Schedule and data: mmdet's 20e (20 epochs), COCO train2017 -> val2017
 # (minival) under data/coco/.

@@ -1,5 +1,6 @@
 # Cascade R-CNN, ResNet-101-FPN, no attention: the baseline of the configs
-# cascade_rcnn_<attention>_r101_fpn.py (each differs from it by one snippet).
+# cascade_rcnn_<attention>_r101_fpn.py (each differs from it by one snippet and
+# its pretrained backbone).
 # Backbone init: torchvision ResNet-101 ImageNet weights (mmdet's default).
 # Schedule and data: mmdet's 20e (20 epochs), COCO train2017 -> val2017
 # (minival) under data/coco/.

@@ -1,5 +1,6 @@
 # Mask R-CNN, ResNet-50-FPN, no attention: the baseline of the configs
-# mask_rcnn_<attention>_r50_fpn.py (each differs from it by one snippet).
+# mask_rcnn_<attention>_r50_fpn.py (each differs from it by one snippet and its
+# pretrained backbone).
 # Backbone init: torchvision ResNet-50 ImageNet weights (mmdet's default).
 # Schedule and data: mmdet's 2x (24 epochs), COCO train2017 -> val2017
 # (minival) under data/coco/.

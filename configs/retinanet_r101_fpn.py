@@ -1,5 +1,6 @@
 # RetinaNet, ResNet-101-FPN, no attention: the baseline of the configs
-# retinanet_<attention>_r101_fpn.py (each differs from it by one snippet).
+# retinanet_<attention>_r101_fpn.py (each differs from it by one snippet and
+# its pretrained backbone).
 # Backbone init: torchvision ResNet-101 ImageNet weights (mmdet's default).
 # Schedule and data: mmdet's 2x (24 epochs), COCO train2017 -> val2017
 # (minival) under data/coco/.

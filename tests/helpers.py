@@ -1,5 +1,21 @@
 """Small helpers shared by the tests (importable as ``helpers``)."""
+import importlib.util
+import os.path as osp
+from types import ModuleType
+
 import torch
+
+from conftest import REPO
+
+
+def load_tool(path: str) -> ModuleType:
+    """A command-line tool of the repository, e.g. ``tools/train.py``, as a
+    module (``tools/`` is not a package; its ``main`` takes ``argv``)."""
+    name = 'tool_' + osp.splitext(path)[0].replace('/', '_')
+    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def max_rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -7,7 +7,6 @@ and pretrained downloads are shrunk, in the test, by
 proposals)."""
 import copy
 import glob
-import importlib.util
 import math
 import os.path as osp
 import shutil
@@ -20,6 +19,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
 from conftest import REPO
+from helpers import load_tool
 from mmattn.testing import tiny_detection_cfg
 
 CONFIG_DIR = osp.join(REPO, 'configs')
@@ -29,15 +29,7 @@ CONFIGS = sorted(
     glob.glob(osp.join(CONFIG_DIR, 'demo', '*.py')))
 
 
-def load_generator():
-    path = osp.join(REPO, 'tools', 'misc', 'generate_configs.py')
-    spec = importlib.util.spec_from_file_location('generate_configs', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-GEN = load_generator()
+GEN = load_tool('tools/misc/generate_configs.py')
 
 
 def test_generated_configs_are_up_to_date():
@@ -54,7 +46,10 @@ def test_tables_cover_the_issue():
         'se', 'eca', 'cbam', 'bam', 'nam', 'sge', 'sk', 'epsa', 'gc', 'nl',
         'danet', 'ccnet', 'coord', 'triplet', 'simam', 'ge', 'fca', 'resatt'}
     flat = [c for c in CONFIGS if '/' not in c]
-    assert len(flat) == len(GEN.expected_configs()) == 5 * 2 * 19
+    assert len(flat) == 5 * 2 * 19
+    assert set(GEN.expected_configs()) == set(flat) | {
+        osp.join('pretrain', GEN.pretrain_name(attention, depth))
+        for attention in GEN.ATTENTIONS for depth in GEN.DEPTHS}
     for name in ('faster_rcnn_eca_r50_fpn.py', 'mask_rcnn_sge_r101_fpn.py',
                  'faster_rcnn_r50_fpn.py', 'cascade_mask_rcnn_resatt_r101'
                  '_fpn.py'):
@@ -68,16 +63,23 @@ def test_check_mode_reports_stale_missing_and_extra(tmp_path):
     (configs / 'retinanet_se_r50_fpn.py').write_text('# edited by hand\n')
     (configs / 'mask_rcnn_gc_r101_fpn.py').unlink()
     (configs / 'faster_rcnn_foo_r50_fpn.py').write_text('')
+    (configs / 'pretrain' / 'foo_resnet50_8xb32_in1k.py').write_text('')
+    (configs / 'pretrain' / 'nam_resnet101_8xb32_in1k.py').unlink()
     found = GEN.problems(str(configs))
-    assert sorted(found) == ['missing mask_rcnn_gc_r101_fpn.py',
-                             'not in the tables: faster_rcnn_foo_r50_fpn.py',
-                             'stale retinanet_se_r50_fpn.py']
+    assert sorted(found) == [
+        'missing mask_rcnn_gc_r101_fpn.py',
+        'missing pretrain/nam_resnet101_8xb32_in1k.py',
+        'not in the tables: faster_rcnn_foo_r50_fpn.py',
+        'not in the tables: pretrain/foo_resnet50_8xb32_in1k.py',
+        'stale retinanet_se_r50_fpn.py']
     assert GEN.main(['--check', '--config-dir', str(configs)]) == 1
     assert GEN.main(['--config-dir', str(configs)]) == 0  # rewrites
     assert GEN.problems(str(configs)) == []
 
 
 def test_config_is_one_snippet_away_from_its_baseline():
+    """The attention config = the baseline + the snippet + the backbone's
+    ImageNet checkpoint (that of its pretraining config)."""
     base = open(osp.join(CONFIG_DIR, 'mask_rcnn_r101_fpn.py')).read()
     attn = open(osp.join(CONFIG_DIR, 'mask_rcnn_sge_r101_fpn.py')).read()
     code = [ln for ln in attn.splitlines() if not ln.startswith('#')]
@@ -86,29 +88,22 @@ def test_config_is_one_snippet_away_from_its_baseline():
         "    'mmdet::mask_rcnn/mask-rcnn_r101_fpn_2x_coco.py',",
         "    './_base_/attention/sge.py',",
         ']',
-        'model = dict(backbone=_base_.attention_backbone)']
+        'model = dict(',
+        '    backbone=dict(',
+        '        _base_.attention_backbone,',
+        '        init_cfg=dict(',
+        "            type='Pretrained',",
+        "            prefix='backbone.',",
+        "            checkpoint='work_dirs/sge_resnet101_8xb32_in1k/"
+        "epoch_100.pth')))"]
     assert "'mmdet::mask_rcnn/mask-rcnn_r101_fpn_2x_coco.py'," in base
     assert 'attention' not in ''.join(
         ln for ln in base.splitlines() if not ln.startswith('#'))
-
-
-def test_checkpoint_table_slots_into_the_config(tmp_path, monkeypatch):
-    """An ImageNet checkpoint named for (attention, depth) becomes the
-    backbone's init_cfg; the attention settings stay."""
-    init = dict(type='Pretrained', prefix='backbone.',
-                checkpoint='checkpoints/sge_resnet50.pth')
-    monkeypatch.setitem(GEN.CHECKPOINTS, ('sge', 'r50'), init)
-    shutil.copytree(osp.join(CONFIG_DIR, '_base_'), tmp_path / '_base_')
-    path = tmp_path / 'faster_rcnn_sge_r50_fpn.py'
-    path.write_text(GEN.render('faster_rcnn', 'sge', 'r50'))
-    backbone = Config.fromfile(str(path)).model.backbone
-    assert backbone.init_cfg == init
+    backbone = Config.fromfile(osp.join(
+        CONFIG_DIR, 'mask_rcnn_sge_r101_fpn.py')).model.backbone
     assert backbone.plugins[0].cfg == dict(type='SGE', groups=64)
-    assert backbone.depth == 50
-    other = Config.fromfile(osp.join(CONFIG_DIR, 'faster_rcnn_sge_r101_fpn'
-                                     '.py')).model.backbone
-    assert other.init_cfg == dict(type='Pretrained',
-                                  checkpoint='torchvision://resnet101')
+    assert backbone.depth == 101 and backbone.frozen_stages == 1
+    assert backbone.init_cfg == GEN.pretrained_init('sge', 'r101')
 
 
 @pytest.mark.parametrize('name', ['faster_rcnn_bam_r101_fpn.py',
@@ -118,7 +113,7 @@ def test_preset_snippets_keep_the_inherited_resnet_keys(name):
     assert backbone.type in ('BAMResNet', 'SKResNet')
     assert backbone.depth == int(name.split('_r')[-1].split('_')[0])
     assert backbone.frozen_stages == 1 and backbone.norm_eval is True
-    assert backbone.init_cfg.checkpoint.startswith('torchvision://resnet')
+    assert backbone.init_cfg.checkpoint.endswith('_8xb32_in1k/epoch_100.pth')
 
 
 # --------------------------------------------------------------------------

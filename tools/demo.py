@@ -47,6 +47,22 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def generate(args) -> None:
+    """Generate the dataset, unless ``data_root`` already holds the one
+    these arguments generate (it is deterministic)."""
+    params = dict(num_train=args.num_train, num_val=args.num_val,
+                  image_size=args.image_size, seed=0)
+    stamp = osp.join(args.data_root, 'generated_with.json')
+    if osp.isfile(stamp):
+        with open(stamp) as f:
+            if json.load(f) == params:
+                return
+    from mmattn.datasets import generate_shapes_coco
+    generate_shapes_coco(args.data_root, **params)
+    with open(stamp, 'w') as f:
+        json.dump(params, f)
+
+
 def data_options(data_root: str) -> list:
     """``--cfg-options`` pointing the config's dataset at ``data_root``."""
     ann = osp.join(data_root, 'annotations', 'instances_val.json')
@@ -62,16 +78,19 @@ def schedule_options(config: str, iters: int) -> list:
     lr schedule (iteration-based) scaled to match."""
     from mmengine.config import Config
     cfg = Config.fromfile(config, import_custom_modules=False)
-    scale = iters / cfg.train_cfg.max_iters
+    max_iters = cfg.train_cfg.max_iters
+    scale = iters / max_iters
     options = [f'train_cfg.max_iters={iters}',
                f'default_hooks.checkpoint.interval={iters}']
     for i, scheduler in enumerate(cfg.param_scheduler):
-        for key in ('begin', 'end'):
-            if key in scheduler:
-                value = max(1, round(scheduler[key] * scale))
-                options.append(f'param_scheduler.{i}.{key}={value}')
+        # a scheduler keeps at least one iteration (mmengine requires
+        # end > begin); milestones stay inside the shortened run
+        begin = round(scheduler.get('begin', 0) * scale)
+        end = max(begin + 1, round(scheduler.get('end', max_iters) * scale))
+        options += [f'param_scheduler.{i}.begin={begin}',
+                    f'param_scheduler.{i}.end={end}']
         if 'milestones' in scheduler:
-            milestones = ','.join(str(max(1, round(m * scale)))
+            milestones = ','.join(str(min(iters, max(1, round(m * scale))))
                                   for m in scheduler['milestones'])
             options.append(f'param_scheduler.{i}.milestones=[{milestones}]')
     return options
@@ -90,10 +109,8 @@ def run(cmd: list) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.time()
-    from mmattn.datasets import generate_shapes_coco
-    generate_shapes_coco(args.data_root, num_train=args.num_train,
-                         num_val=args.num_val, image_size=args.image_size)
-    print(f'generated {args.num_train} train / {args.num_val} val images '
+    generate(args)
+    print(f'dataset: {args.num_train} train / {args.num_val} val images '
           f'({args.image_size} px) in {args.data_root} '
           f'[{time.time() - start:.0f} s]', flush=True)
 

@@ -1,4 +1,5 @@
-"""Train a detector: MMDetection 3.3's ``tools/train.py`` with mmattn.
+"""Train a detector, or pretrain its backbone on ImageNet: MMDetection 3.3's
+``tools/train.py`` with mmattn.
 
 Same arguments and behaviour as mmdet's, plus: mmattn is imported (no
 config needs ``custom_imports``), the config may be mmdet's own
@@ -8,7 +9,13 @@ pytorch`` works on CPU-only machines (gloo). See
 :mod:`mmattn.engine.launch`. A :class:`~mmattn.engine.RandomStateHook` is
 added, so that ``--resume`` continues with the random numbers of the
 uninterrupted run; ``--amp`` also works on CPU (bfloat16, see
-:mod:`mmattn.compat_amp`).
+:mod:`mmattn.compat_amp`). A backbone ``Pretrained`` checkpoint that is a
+missing local file is refused before anything is built
+(:func:`~mmattn.engine.launch.check_pretrained_backbone`).
+
+The pretraining configs (``configs/pretrain/``, mmpretrain scope) train
+with the same command; their last checkpoint is where the detection configs
+of the same attention and depth look for it.
 
 Examples::
 
@@ -18,6 +25,7 @@ Examples::
     python tools/train.py mmdet::retinanet/retinanet_r50_fpn_1x_coco.py \\
         --cfg-options model.backbone.type=ECAResNet
     tools/dist_train.sh configs/mask_rcnn_sge_r101_fpn.py 8
+    tools/dist_train.sh configs/pretrain/eca_resnet50_8xb32_in1k.py 8
 """
 import argparse
 import os
@@ -31,12 +39,15 @@ from mmengine.runner import Runner
 import mmattn  # noqa: F401  (registers every module, compatibility fixes)
 import mmattn.engine  # noqa: F401  (hooks, e.g. NAMSparsityHook)
 from mmattn.engine.hooks import add_random_state_hook
-from mmattn.engine.launch import (ConfigOptionsAction, merge_cfg_options,
-                                  resolve_config_path, setup_cpu_distributed)
+from mmattn.engine.launch import (ConfigOptionsAction,
+                                  check_pretrained_backbone,
+                                  merge_cfg_options, resolve_config_path,
+                                  setup_cpu_distributed)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Train a detector')
+    parser = argparse.ArgumentParser(
+        description='Train a detector or an ImageNet classifier')
     parser.add_argument('config', help='train config file path (or '
                         'mmdet::<dir>/<file>.py for a config of mmdet)')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
@@ -99,17 +110,14 @@ def build_cfg(args) -> Config:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
 
-    # enable automatically scaling LR
+    # enable automatically scaling LR (mmpretrain's configs carry no
+    # ``enable`` key, only ``base_batch_size``)
     if args.auto_scale_lr:
-        if 'auto_scale_lr' in cfg and \
-                'enable' in cfg.auto_scale_lr and \
-                'base_batch_size' in cfg.auto_scale_lr:
-            cfg.auto_scale_lr.enable = True
-        else:
-            raise RuntimeError('Can not find "auto_scale_lr" or '
-                               '"auto_scale_lr.enable" or '
-                               '"auto_scale_lr.base_batch_size" in your'
-                               ' configuration file.')
+        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+            raise RuntimeError('--auto-scale-lr: the config has no '
+                               '"auto_scale_lr.base_batch_size" (the batch '
+                               'size its learning rate is set for)')
+        cfg.auto_scale_lr.enable = True
 
     # a resumed run continues with the random numbers of the uninterrupted
     # one (RandomStateHook)
@@ -133,6 +141,7 @@ def main(argv=None):
     setup_cache_size_limit_of_dynamo()
 
     cfg = build_cfg(args)
+    check_pretrained_backbone(cfg)
     setup_cpu_distributed(cfg, args.launcher)
 
     # build the runner from config

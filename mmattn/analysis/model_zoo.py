@@ -132,22 +132,15 @@ def _load(path: str):
 
 
 def zoo_backbones(config_dir: str) -> Dict[Optional[str], dict]:
-    """Token -> ResNet-50 backbone config of every :data:`ZOO` row: the
-    baseline's backbone with ``attention_backbone`` of the snippet merged
-    in (what ``model = dict(backbone=_base_.attention_backbone)`` does in
-    each generated config)."""
-    from mmengine.config import Config
-    base = _load(osp.join(config_dir, BASELINE_CONFIG)).model.backbone
+    """Token -> ResNet-50 backbone config of every :data:`ZOO` row: that
+    of the generated Faster R-CNN R-50 config (the baseline's for the
+    baseline row)."""
     backbones: Dict[Optional[str], dict] = {}
     for entry in ZOO:
-        if entry.token is None:
-            backbones[None] = base.to_dict()
-            continue
-        snippet = _load(osp.join(config_dir, '_base_', 'attention',
-                                 f'{entry.token}.py'))
-        merged = Config(dict(backbone=base.to_dict()))
-        merged.merge_from_dict(dict(backbone=snippet.attention_backbone))
-        backbones[entry.token] = merged.backbone.to_dict()
+        name = (BASELINE_CONFIG if entry.token is None else
+                f'faster_rcnn_{entry.token}_r50_fpn.py')
+        backbones[entry.token] = _load(osp.join(
+            config_dir, name)).model.backbone.to_dict()
     return backbones
 
 

@@ -1,11 +1,15 @@
-"""A small, deterministic COCO-format dataset of shapes, with boxes and
-instance masks: the embedded default for demos and tests (nothing can be
-downloaded on the machines this project runs on).
+"""Small, deterministic datasets of shapes: the embedded defaults for demos
+and tests (nothing can be downloaded on the machines this project runs on).
 
-Each image is a textured background with 1-5 filled shapes (rectangle,
-ellipse, triangle) of random colour, size and position; shapes may overlap,
-later ones occluding earlier ones, and the instance masks are the visible
-parts (so a box is the visible extent). Segmentations are stored as COCO RLE.
+* :func:`generate_shapes_coco`: COCO format, boxes and instance masks, for
+  detection. Each image is a textured background with 1-5 filled shapes
+  (rectangle, ellipse, triangle) of random colour, size and position; shapes
+  may overlap, later ones occluding earlier ones, and the instance masks are
+  the visible parts (so a box is the visible extent). Segmentations are
+  stored as COCO RLE.
+* :func:`generate_shapes_imagenet`: ImageNet format (mmpretrain's layout),
+  one label per image, for classification pretraining. Class ``k`` is one
+  shape (``k % 3``) in one dominant colour (red, green, blue: ``k // 3``).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 CLASSES = ('rectangle', 'ellipse', 'triangle')
+COLOURS = ('red', 'green', 'blue')  # RGB channel order
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -119,5 +124,70 @@ def generate_shapes_coco(out_dir: str,
         with open(ann_file, 'w') as f:
             json.dump(dict(images=images, annotations=annotations,
                            categories=categories), f)
+        ann_files[split] = ann_file
+    return ann_files
+
+
+def generate_shapes_imagenet(out_dir: str,
+                             num_classes: int = 6,
+                             num_train: int = 8,
+                             num_val: int = 4,
+                             image_size: int = 64,
+                             seed: int = 0) -> Dict[str, str]:
+    """Write an ImageNet-format classification folder of shapes.
+
+    Layout (as mmpretrain's ``ImageNet`` dataset reads it, ``split='train'``
+    / ``'val'``)::
+
+        out_dir/meta/{train,val}.txt        "<relative path> <label>" lines
+        out_dir/train/<class>/<class>_0000.JPEG ...
+        out_dir/val/val_00000000.JPEG ...
+
+    Args:
+        out_dir (str): Data root.
+        num_classes (int): Classes, 1-9 (shape x dominant colour, named
+            e.g. ``red_rectangle``).
+        num_train (int): Training images per class.
+        num_val (int): Validation images per class.
+        image_size (int): Side of the square images, >= 32.
+        seed (int): Random seed; equal arguments write equal files.
+
+    Returns:
+        dict: split name -> annotation file path.
+    """
+    limit = len(CLASSES) * len(COLOURS)
+    if not 1 <= num_classes <= limit:
+        raise ValueError(f'num_classes must be in [1, {limit}], got '
+                         f'{num_classes}')
+    if num_train < 1 or num_val < 1:
+        raise ValueError(f'num_train and num_val must be >= 1, got '
+                         f'{num_train}, {num_val}')
+    if image_size < 32:
+        raise ValueError(f'image_size must be >= 32, got {image_size}')
+    rng = np.random.default_rng(seed)
+    names = [f'{COLOURS[k // len(CLASSES)]}_{CLASSES[k % len(CLASSES)]}'
+             for k in range(num_classes)]
+    os.makedirs(osp.join(out_dir, 'meta'), exist_ok=True)
+    ann_files = {}
+    for split, count in (('train', num_train), ('val', num_val)):
+        lines = []
+        for index in range(count * num_classes):
+            label = index % num_classes
+            img = _background(rng, image_size) // 2  # shapes stand out
+            mask = _draw_shape(rng, image_size, label % len(CLASSES))
+            colour = rng.integers(0, 80, size=3)
+            colour[label // len(CLASSES)] = int(rng.integers(180, 256))
+            img[mask.astype(bool)] = colour[::-1]  # RGB -> OpenCV's BGR
+            if split == 'train':
+                rel = f'{names[label]}/{names[label]}_{index:04d}.JPEG'
+            else:
+                rel = f'val_{index:08d}.JPEG'
+            path = osp.join(out_dir, split, rel)
+            os.makedirs(osp.dirname(path), exist_ok=True)
+            cv2.imwrite(path, img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            lines.append(f'{rel} {label}\n')
+        ann_file = osp.join(out_dir, 'meta', f'{split}.txt')
+        with open(ann_file, 'w') as f:
+            f.writelines(lines)
         ann_files[split] = ann_file
     return ann_files

@@ -16,6 +16,10 @@
 * :func:`merge_cfg_options`: merges them and imports a ``custom_imports``
   given there (mmengine imports ``custom_imports`` only while reading the
   config file).
+* :func:`check_pretrained_backbone`: the backbone's ``Pretrained``
+  checkpoint, when it is a local file (the detection configs name the
+  checkpoint their ImageNet pretraining config writes), exists before
+  anything is built, else an error says how to make it or what to use.
 * :func:`setup_cpu_distributed`: ``torch.distributed`` on CPU (gloo).
   mmengine's launcher always calls ``torch.cuda.set_device`` and wraps the
   model with ``device_ids=[LOCAL_RANK]``, both of which fail without a GPU.
@@ -120,6 +124,35 @@ def merge_cfg_options(cfg: Config, options: Optional[Dict[str, Any]]) -> None:
         import_modules_from_strings(**cfg.custom_imports)
 
 
+def check_pretrained_backbone(cfg: Config) -> None:
+    """Refuse early and clearly a ``model.backbone.init_cfg`` of type
+    ``Pretrained`` whose local checkpoint file does not exist.
+
+    Remote (``torchvision://``, ``open-mmlab://``, ``http(s)://``, ...)
+    checkpoints are left to mmengine.
+
+    Raises:
+        FileNotFoundError: naming the field, the file, and the two ways
+            out (pretrain, or torchvision's weights).
+    """
+    backbone = cfg.get('model', {}).get('backbone', {})
+    init_cfg = backbone.get('init_cfg') or {}
+    if not isinstance(init_cfg, dict) or init_cfg.get('type') != 'Pretrained':
+        return
+    checkpoint = str(init_cfg.get('checkpoint', ''))
+    if '://' in checkpoint or osp.isfile(checkpoint):
+        return
+    depth = backbone.get('depth', 50)
+    raise FileNotFoundError(
+        f'model.backbone.init_cfg.checkpoint={checkpoint!r} does not exist '
+        f'(relative to {osp.abspath(".")}). Train the ImageNet classifier '
+        f'that writes it (the config header names it: python tools/train.py '
+        f'configs/pretrain/<attention>_resnet{depth}_8xb32_in1k.py), point '
+        f'the field at your checkpoint, or start from torchvision\'s '
+        f'ResNet-{depth}: --cfg-options model.backbone.init_cfg.checkpoint='
+        f'torchvision://resnet{depth} model.backbone.init_cfg.prefix=None')
+
+
 def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
     """Prepare ``torch.distributed`` on CPU for a run started by
     ``torch.distributed.run`` (``--launcher pytorch``) on a machine without
@@ -148,4 +181,4 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
 
 __all__ = ['ConfigOptionsAction', 'parse_option_value',
            'resolve_config_path', 'merge_cfg_options',
-           'setup_cpu_distributed']
+           'check_pretrained_backbone', 'setup_cpu_distributed']

@@ -53,8 +53,8 @@ def test_every_attention_snippet_has_a_row():
 
 @pytest.mark.parametrize('token', ['cbam', 'nl'])
 def test_rows_measure_the_generated_configs(token):
-    """The zoo's merge of snippet into the baseline backbone is what the
-    generated config holds (a plugin snippet and a preset snippet)."""
+    """Each row measures the backbone of the generated config (a plugin
+    snippet and a preset snippet)."""
     generated = Config.fromfile(config(f'faster_rcnn_{token}_r50_fpn'))
     assert zoo_backbones(CONFIG_DIR)[token] == \
         generated.model.backbone.to_dict()

@@ -17,6 +17,7 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 from mmdet.registry import MODELS
 
+from helpers import load_tool
 from mmattn.compat_amp import AmpOptimWrapper
 from reliability_toy import REPO, contract_module, toy_cfg, toy_data  # noqa
 
@@ -64,11 +65,7 @@ def test_networks_hold_every_attention_module():
 def test_amp_flag_builds_cpu_bf16_optim_wrapper():
     """``tools/train.py --amp`` on a CPU machine: mmengine's wrapper
     asserts a GPU; mmattn's takes over the name with bfloat16."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'mmattn_tools_train', osp.join(REPO, 'tools', 'train.py'))
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = load_tool('tools/train.py')
     cfg = train.build_cfg(train.parse_args(
         [osp.join(REPO, 'configs', 'faster_rcnn_eca_r50_fpn.py'), '--amp']))
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
