@@ -4,7 +4,8 @@
 * reduction arithmetic (``rd_ratio`` / ``rd_channels`` / ``rd_divisor``),
 * activations and gates chosen by name,
 * global pooling whose statistics are accumulated in fp32 (safe under
-  fp16/bf16 autocast).
+  fp16/bf16 autocast),
+* :func:`needs_grad`, which picks a module's custom-backward path.
 """
 from __future__ import annotations
 
@@ -210,3 +211,20 @@ def adaptive_avg_pool2d(x: torch.Tensor, output_size) -> torch.Tensor:
     rows = _adaptive_pool_matrix(x.shape[-2], out_h, x)  # (oh, H)
     cols = _adaptive_pool_matrix(x.shape[-1], out_w, x)  # (ow, W)
     return torch.einsum('ph,bchw,qw->bcpq', rows, x, cols)  # (B, C, oh, ow)
+
+
+# --------------------------------------------------------------------------
+# custom autograd paths
+# --------------------------------------------------------------------------
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will record an op on ``tensors`` (grad mode on and
+    one of them requires grad) outside tracing and ONNX export.
+
+    Modules with a hand-written backward (``SimAMFunction``,
+    ``SGEFunction``) take it only then; otherwise (inference, and tracing
+    or export, which cannot record a Python autograd Function) they run
+    plain ops.
+    """
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return False
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

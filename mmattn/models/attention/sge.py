@@ -1,9 +1,12 @@
 """Spatial Group-wise Enhance (SGE)."""
+from typing import Tuple
+
 import torch
 import torch.nn as nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from mmattn.models.common import (check_divisible, check_positive_int,
-                                  spatial_mean, spatial_mean_var)
+                                  needs_grad, spatial_mean, spatial_mean_var)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 
@@ -80,19 +83,122 @@ class SGE(AttentionModule):
         nn.init.ones_(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if needs_grad(x, self.weight, self.bias):
+            return SGEFunction.apply(x, self.weight, self.bias, self.groups,
+                                     self.eps)
         b, c, h, w = x.shape
-        xg = x.view(b, self.groups, c // self.groups, h, w)  # (B,G,C/G,H,W)
-        g = spatial_mean(xg, dims=(3, 4))  # (B, G, C/G, 1, 1), fp32
-        # Similarity of each position to its group's global descriptor.
-        sim = (xg * g).sum(dim=2)  # (B, G, H, W), fp32
-        # Unbiased std as official; a 1x1 map has std 0 (see docstring).
-        mean, var = spatial_mean_var(sim, correction=1 if h * w > 1 else 0)
-        # Flooring var keeps sqrt's gradient finite on constant maps.
-        std = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
-        t = (sim - mean) / (std + self.eps)  # (B, G, H, W)
-        a = t * self.weight + self.bias  # (B, G, H, W)
-        gate = torch.sigmoid(a).to(x.dtype).unsqueeze(2)  # (B, G, 1, H, W)
-        return (xg * gate).reshape(b, c, h, w)
+        gate = sge_gate(x, self.weight, self.bias, self.groups, self.eps)[0]
+        return (x.view(b, self.groups, -1, h, w) * gate).reshape(b, c, h, w)
 
     def extra_repr(self) -> str:
         return f'groups={self.groups}, eps={self.eps}'
+
+
+def sge_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+             groups: int, eps: float
+             ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
+    """SGE's gate and the small tensors its backward pass needs.
+
+    Args:
+        x (Tensor): Input (B, C, H, W), G dividing C.
+        weight (Tensor): :math:`\\gamma`, (1, G, 1, 1).
+        bias (Tensor): :math:`\\beta`, (1, G, 1, 1).
+        groups (int): G.
+        eps (float): :math:`\\epsilon`, added to the standard deviation.
+
+    Returns:
+        tuple: The gate (B, G, 1, H, W) in x's dtype and
+        ``(g, t, std, var)``: the group
+        descriptors g (B, G, C/G, 1, 1), the normalised similarities t
+        (B, G, H, W) and the statistics std, var (B, G, 1, 1), all in at
+        least fp32.
+    """
+    b, c, h, w = x.shape
+    xg = x.view(b, groups, c // groups, h, w)  # (B, G, C/G, H, W)
+    g = spatial_mean(xg, dims=(3, 4))  # (B, G, C/G, 1, 1), fp32
+    # Similarity of each position to its group's global descriptor.
+    sim = (xg * g).sum(dim=2)  # (B, G, H, W), fp32
+    # Unbiased std as official; a 1x1 map has std 0 (see SGE).
+    mean, var = spatial_mean_var(sim, correction=1 if h * w > 1 else 0)
+    # Flooring var keeps sqrt's gradient finite on constant maps.
+    std = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
+    t = (sim - mean) / (std + eps)  # (B, G, H, W)
+    a = t * weight + bias  # (B, G, H, W)
+    gate = torch.sigmoid(a).to(x.dtype).unsqueeze(2)  # (B, G, 1, H, W)
+    return gate, (g, t, std, var)
+
+
+class SGEFunction(torch.autograd.Function):
+    """SGE with a hand-written backward that saves x, the normalised
+    similarity map t (C/G times smaller than x) and per-group statistics,
+    instead of autograd's products, similarity, centred and gate maps.
+
+    Per group, with :math:`s = \\sigma(\\gamma t + \\beta)`, upstream
+    gradient G, :math:`\\delta_i = \\gamma\\, s_i (1 - s_i) \\sum_c G_{ci}
+    x_{ci}`, :math:`\\hat\\sigma = \\sigma_c + \\epsilon` and n the
+    variance divisor:
+
+    .. math::
+
+        \\frac{\\partial L}{\\partial c_i} = \\frac{\\delta_i
+            - \\overline{\\delta}}{\\hat\\sigma}
+            - \\frac{\\sum_j \\delta_j t_j}{\\hat\\sigma^2 \\sigma_c\\, n}
+              (c_i - \\mu_c), \\qquad
+        \\frac{\\partial L}{\\partial x_{ci}} = G_{ci} s_i
+            + \\frac{\\partial L}{\\partial c_i} g_c
+            + \\frac{1}{HW} \\sum_j \\frac{\\partial L}{\\partial c_j}
+              x_{cj}
+
+    (the variance term vanishes where the variance is floored, as autograd's
+    ``clamp_min`` gradient does). The forward output is
+    :func:`sge_gate` applied as the eager module applies it.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor, groups: int,
+                eps: float) -> torch.Tensor:
+        gate, (g, t, std, var) = sge_gate(x, weight, bias, groups, eps)
+        ctx.groups, ctx.eps = groups, eps
+        ctx.save_for_backward(x, weight, bias, g, t, std, var)
+        # Written into a tensor of x's shape: a custom Function must not
+        # return a view (``(xg * gate).reshape`` is one).
+        out = torch.empty_like(x)
+        torch.mul(x.view(g.shape[:3] + x.shape[2:]), gate,
+                  out=out.view(g.shape[:3] + x.shape[2:]))
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: torch.Tensor
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, None,
+                            None]:
+        x, weight, bias, g, t, std, var = ctx.saved_tensors
+        b, c, h, w = x.shape
+        num = h * w
+        n = num - 1 if num > 1 else num
+        acc = t.dtype
+        xg = x.view(b, ctx.groups, c // ctx.groups, h, w).to(acc)
+        grad_g = grad.reshape(xg.shape).to(acc)  # (B, G, C/G, H, W)
+        s = torch.sigmoid(t * weight + bias)  # (B, G, H, W)
+        da = (grad_g * xg).sum(dim=2).mul_(s).mul_(1 - s)  # dL/da
+        grad_weight = (da * t).sum(dim=(0, 2, 3), keepdim=True)
+        grad_bias = da.sum(dim=(0, 2, 3), keepdim=True)
+        denom = std + ctx.eps
+        dt = da.mul_(weight)  # dL/dt
+        # dL/dstd = -sum(dt * t) / denom; std = sqrt(max(var, tiny)).
+        dvar = (dt * t).sum(dim=(2, 3), keepdim=True).div_(denom).neg_()
+        dvar = dvar.div_(2 * std).mul_(var >= torch.finfo(acc).tiny)
+        # dL/dsim: direct term (centred), then the variance path, with
+        # sim - mean = t * denom.
+        dsim = dt.div_(denom)
+        dsim = dsim.sub_(dsim.mean(dim=(2, 3), keepdim=True)).addcmul_(
+            t, dvar * denom * (2. / n))
+        grad_x = grad_g * s.unsqueeze(2)  # G s
+        grad_x.addcmul_(dsim.unsqueeze(2), g)  # through sim = sum_c x g
+        # through g = mean(x): sum_i dsim_i x_ci / HW
+        dg = torch.einsum('bgchw,bghw->bgc', xg, dsim).div_(num)
+        grad_x.add_(dg[..., None, None])
+        return (grad_x.view(b, c, h, w).to(x.dtype),
+                grad_weight.to(weight.dtype), grad_bias.to(bias.dtype), None,
+                None)

@@ -1,7 +1,10 @@
 """SimAM: a simple, parameter-free attention module."""
-import torch
+from typing import Tuple
 
-from mmattn.models.common import spatial_mean_var
+import torch
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from mmattn.models.common import needs_grad, spatial_mean_var
 from mmattn.registry import MODELS
 from .base import AttentionModule
 
@@ -57,12 +60,81 @@ class SimAM(AttentionModule):
         self.e_lambda = float(e_lambda)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[2] * x.shape[3] - 1
-        # var with divisor n = HW - 1; a 1x1 map has var 0 (see docstring).
-        mean, var = spatial_mean_var(x, correction=1 if n > 0 else 0)
-        inv = 1.0 / (4 * (var + self.e_lambda))  # (B, C, 1, 1), fp32
-        e_inv = (x - mean).square_().mul_(inv).add_(0.5)  # (B, C, H, W)
-        return x * torch.sigmoid(e_inv).to(x.dtype)
+        if needs_grad(x):
+            return SimAMFunction.apply(x, self.e_lambda)
+        return simam_forward(x, *simam_statistics(x, self.e_lambda))
 
     def extra_repr(self) -> str:
         return f'e_lambda={self.e_lambda}'
+
+
+def simam_statistics(x: torch.Tensor,
+                     e_lambda: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel :math:`\\mu` and :math:`1 / (4 (v + \\lambda))`,
+    (B, C, 1, 1) in at least fp32, from one ``var_mean`` pass; the variance
+    has divisor HW - 1, or HW on a 1x1 map (see :class:`SimAM`)."""
+    n = x.shape[2] * x.shape[3] - 1
+    mean, var = spatial_mean_var(x, correction=1 if n > 0 else 0)
+    return mean, 1.0 / (4 * (var + e_lambda))
+
+
+def simam_forward(x: torch.Tensor, mean: torch.Tensor,
+                  inv: torch.Tensor) -> torch.Tensor:
+    """:math:`x \\cdot \\sigma((x - \\mu)^2 \\cdot inv + 1/2)` with one
+    full-size allocation: the gate is built in place and, when it has x's
+    dtype, multiplied by x in place."""
+    gate = (x - mean).square_().mul_(inv).add_(0.5).sigmoid_()
+    if gate.dtype == x.dtype:
+        return gate.mul_(x)
+    return x * gate.to(x.dtype)
+
+
+class SimAMFunction(torch.autograd.Function):
+    """SimAM with a hand-written backward that saves only x and the
+    (B, C, 1, 1) statistics; the gate is recomputed in the backward pass.
+
+    With :math:`d = x - \\mu`, :math:`s = \\sigma(d^2 r + 1/2)`,
+    :math:`r = 1 / (4 (v + \\lambda))`, :math:`v = \\sum d^2 / n`,
+    N = HW positions, upstream gradient g and
+    :math:`q = g\\, x\\, s (1 - s)` (all per channel):
+
+    .. math::
+
+        \\frac{\\partial L}{\\partial x} = g s + 2 r\\, q d
+            - \\frac{2 r}{N} \\sum q d
+            - \\frac{8 r^2}{n} \\Big(\\sum q d^2\\Big) d
+
+    (direct term, then the paths through :math:`\\mu` and through v). The
+    forward output is :func:`simam_forward`'s, bit for bit the eager
+    module's; autograd's version would keep x, the gate and
+    :math:`(x - \\mu)^2` alive until the backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: torch.Tensor,
+                e_lambda: float) -> torch.Tensor:
+        mean, inv = simam_statistics(x, e_lambda)
+        ctx.save_for_backward(x, mean, inv)
+        return simam_forward(x, mean, inv)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx,
+                 grad: torch.Tensor) -> Tuple[torch.Tensor, None]:
+        x, mean, inv = ctx.saved_tensors
+        num = x.shape[2] * x.shape[3]
+        n = max(num - 1, 1)
+        dims = (2, 3)
+        xf = x.to(mean.dtype)
+        d = xf - mean
+        s = d.square().mul_(inv).add_(0.5).sigmoid_()  # the gate
+        gs = grad.to(mean.dtype) * s  # direct term g s
+        qd = gs * xf
+        qd.addcmul_(qd, s, value=-1).mul_(d)  # q d = g x s (1 - s) d
+        sum_qd = qd.sum(dims, keepdim=True)
+        sum_qdd = torch.mul(qd, d, out=s).sum(dims, keepdim=True)
+        # g s + 2 r q d - (2 r / N) sum(q d) - (8 r^2 / n) sum(q d^2) d
+        gs.addcmul_(qd, inv, value=2.)
+        d.mul_(inv.square() * sum_qdd * (8. / n)).add_(
+            inv * sum_qd * (2. / num))
+        return gs.sub_(d).to(x.dtype), None

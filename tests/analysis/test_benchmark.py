@@ -1,0 +1,75 @@
+"""``tools/analysis/benchmark.py`` and ``mmattn.analysis.benchmark``: a tiny
+run writes the table and the chart, and every ratio is finite and positive
+(no timing assertions: times depend on the machine)."""
+import math
+
+import pytest
+import torch
+from analysis_tools import load_tool
+
+from mmattn.analysis.benchmark import (FWD, FWD_BWD, MODULES, TRAIN,
+                                       module_shapes, peak_memory)
+
+BENCHMARK = load_tool('benchmark')
+
+
+def _ratios(row, mode):
+    against = ('floor', 'peer') if row.level == 'module' else ('peer', )
+    return [row.ratio(mode, quantity, ref) for quantity in ('time', 'memory')
+            for ref in against]
+
+
+def test_quick_module_run_writes_table_and_chart(tmp_path):
+    rows = BENCHMARK.main([
+        '--modules', 'SE', 'SimAM', 'NonLocal', '--quick', '--repeat', '1',
+        '--shapes', '2x64x8x12', '--out-dir', str(tmp_path)])
+    assert [(r.name, r.setting) for r in rows] == [
+        ('SE', '2x64x8x12'), ('SimAM', '2x64x8x12'),
+        ('NonLocal', '1x256x24x40')]
+    for row in rows:
+        for mode in (FWD, FWD_BWD):
+            for ratio in _ratios(row, mode):
+                assert math.isfinite(ratio) and ratio > 0, (row, mode)
+    table = (tmp_path / 'benchmark.md').read_text()
+    assert '| SE | 2x64x8x12 | timm SEModule |' in table
+    assert 'mmcv NonLocal2d' in table
+    assert (tmp_path / 'benchmark.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_backbone_level_runs_against_plain_resnet(tmp_path):
+    rows = BENCHMARK.main([
+        '--level', 'backbone', '--modules', 'ECA', '--repeat', '1',
+        '--image-size', '32', '32', '--out-dir', str(tmp_path)])
+    assert [(r.level, r.name) for r in rows] == [('backbone', 'ECA')]
+    assert all(math.isfinite(v) and v > 0 for v in _ratios(rows[0], TRAIN))
+    assert 'ECA vs mmdet ResNet-50' in (tmp_path / 'benchmark.md').read_text()
+
+
+def test_every_peer_builds_and_keeps_the_shape():
+    """Each module and its peer accept the module's (small) input."""
+    for spec in MODULES.values():
+        for b, c, _, _ in module_shapes(spec, [(2, 256, 4, 6)], quick=True):
+            x = torch.randn(b, c, 6, 8)
+            for build in (spec.build, spec.build_peer):
+                assert build(c)(x).shape == x.shape, spec.name
+
+
+def test_cpu_peak_memory_counts_what_is_alive_at_once():
+    x = torch.randn(1000)  # 4000 bytes
+
+    def two_copies():
+        a = x.clone()
+        b = x.clone()
+        del a, b
+
+    def one_copy_twice():
+        x.clone()
+        x.clone()
+
+    assert peak_memory(two_copies, torch.device('cpu')) == 8000
+    assert peak_memory(one_copy_twice, torch.device('cpu')) == 4000
+
+
+def test_unknown_module_is_rejected(tmp_path):
+    with pytest.raises(SystemExit, match='unknown modules'):
+        BENCHMARK.main(['--modules', 'XYZ', '--out-dir', str(tmp_path)])
