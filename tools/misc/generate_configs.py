@@ -8,8 +8,9 @@ table.
   ``init_cfg``: the ImageNet checkpoint of the matching pretraining config
   (:func:`pretrained_init`).
 * ``configs/pretrain/<attention>_resnet<depth>_8xb32_in1k.py``: mmpretrain's
-  ResNet classifier, ImageNet data, schedule and runtime ``_base_`` files,
-  and the same snippet, so the classifier's ``backbone.`` keys are the
+  ResNet classifier, the shared recipe :data:`PRETRAIN_BASE` (mmpretrain's
+  ImageNet data, schedule and runtime ``_base_`` files), and the same
+  snippet, so the classifier's ``backbone.`` keys are the
   detection backbone's keys.
 
 Edit the tables below and re-run; never edit a generated config by hand.
@@ -120,13 +121,9 @@ ATTENTIONS: Dict[str, Attention] = {
                         '(ResidualAttentionNet)'),
 }
 
-#: pretraining recipe of every ImageNet config (``configs/pretrain/``).
-PRETRAIN_RECIPE = ('the papers\' recipe, mmpretrain\'s ResNet one: SGD lr 0.1 '
-                   'for batch 256 (8 x 32), momentum 0.9, weight decay 1e-4, '
-                   '100 epochs, lr x 0.1 at epochs 30, 60 and 90; '
-                   'RandomResizedCrop 224 + flip; val: short side 256 + '
-                   'center crop 224. ImageNet-1k in mmpretrain\'s layout '
-                   'under data/imagenet/.')
+#: the recipe every ImageNet config (``configs/pretrain/``) inherits.
+PRETRAIN_BASE = '../_base_/pretrain/imagenet_8xb32_100e.py'
+#: its number of epochs: the detection configs load ``epoch_<this>.pth``.
 PRETRAIN_EPOCHS = 100
 
 
@@ -228,15 +225,14 @@ def render_pretrain(attention: str, depth: str) -> str:
                   f'({att.paper}): the pretrained backbone of '
                   f'configs/*_{attention}_{depth}_fpn.py.')
     lines += _wrap(f'Attention: {att.placement}.')
-    lines += _wrap(f'Recipe: {PRETRAIN_RECIPE}')
+    lines += _wrap('Recipe: the papers\' (mmpretrain\'s ResNet one), in '
+                   f'configs/{PRETRAIN_BASE[3:]}.')
     lines += _wrap(f'Train: python tools/train.py configs/pretrain/'
                    f'{pretrain_name(attention, depth)} (last checkpoint: '
                    f'{pretrained_init(attention, depth)["checkpoint"]}).')
     return ('\n'.join(lines) + '\n' + HEADER + '_base_ = [\n'
             f"    'mmpretrain::_base_/models/resnet{layers}.py',\n"
-            "    'mmpretrain::_base_/datasets/imagenet_bs32.py',\n"
-            "    'mmpretrain::_base_/schedules/imagenet_bs256.py',\n"
-            "    'mmpretrain::_base_/default_runtime.py',\n"
+            f"    '{PRETRAIN_BASE}',\n"
             f"    '../_base_/attention/{attention}.py',\n]\n"
             '# mmdet\'s ResNet (the detection backbone\'s class, so the keys '
             'match);\n# trained from scratch, its BatchNorm must not be '
@@ -244,9 +240,7 @@ def render_pretrain(attention: str, depth: str) -> str:
             'model = dict(\n    backbone=dict(\n'
             '        _base_.attention_backbone,\n'
             f"        type='{backbone}',\n"
-            '        norm_eval=False))\n'
-            '# every epoch is saved; keep the last three (~0.3 GB each)\n'
-            'default_hooks = dict(checkpoint=dict(max_keep_ckpts=3))\n')
+            '        norm_eval=False))\n')
 
 
 def expected_configs() -> Dict[str, str]:
