@@ -2,7 +2,8 @@
 
 * every pretraining config parses and builds; its classifier's ``backbone.``
   keys are exactly the keys of the matching detection config's backbone,
-  which names the checkpoint the pretraining run writes;
+  which names the checkpoint the pretraining run writes; until that run has
+  written it, ``tools/train.py`` starts from torchvision's ResNet and warns;
 * end to end (slow): ``tools/train.py`` trains a pretraining config one
   epoch on a generated ImageNet-format folder, evaluates top-1/top-5 and
   writes a checkpoint, which the detection config's ``init_cfg`` loads with
@@ -10,6 +11,7 @@
 """
 import glob
 import json
+import logging
 import os
 import os.path as osp
 import subprocess
@@ -98,19 +100,51 @@ def test_config_builds_with_the_detection_backbone_keys(name):
     assert pretrained == expected  # shapes
 
 
-def test_missing_pretrained_checkpoint_is_refused_with_the_way_out(
+def test_pending_pretraining_falls_back_to_torchvision_and_warns(
         tmp_path, monkeypatch):
-    from mmattn.engine.launch import check_pretrained_backbone
+    """Before its pretraining config has run, a detection config starts
+    from torchvision's ResNet (issue 5's default) and says so."""
+    from mmattn.engine.launch import resolve_pretrained_backbone
     monkeypatch.chdir(tmp_path)
+    warnings = []
+    monkeypatch.setattr(
+        'mmattn.engine.launch.print_log',
+        lambda msg, logger=None, level=None: warnings.append((msg, level)))
     cfg = detection_config('sge', 'r101')
-    with pytest.raises(FileNotFoundError) as err:
-        check_pretrained_backbone(cfg)
-    message = str(err.value)
-    assert 'model.backbone.init_cfg.checkpoint' in message
+    resolve_pretrained_backbone(cfg)
+    assert cfg.model.backbone.init_cfg == dict(
+        type='Pretrained', checkpoint='torchvision://resnet101')
+    (message, level), = warnings
+    assert level == logging.WARNING
     assert 'work_dirs/sge_resnet101_8xb32_in1k/epoch_100.pth' in message
-    assert 'torchvision://resnet101' in message
-    # the override the message (and the config header) suggests
+    assert 'configs/pretrain/sge_resnet101_8xb32_in1k.py' in message
+
+    # once the pretraining run has written it, it is used as named
+    checkpoint = tmp_path / 'work_dirs' / 'sge_resnet101_8xb32_in1k'
+    checkpoint.mkdir(parents=True)
+    (checkpoint / 'epoch_100.pth').write_bytes(b'')
+    cfg = detection_config('sge', 'r101')
+    resolve_pretrained_backbone(cfg)
+    assert cfg.model.backbone.init_cfg == GEN.pretrained_init('sge', 'r101')
+    assert len(warnings) == 1
+
+
+def test_missing_checkpoint_of_ones_own_is_refused(tmp_path, monkeypatch):
+    from mmattn.engine.launch import resolve_pretrained_backbone
+    monkeypatch.chdir(tmp_path)
     train = load_tool('tools/train.py')
+    args = train.parse_args([
+        osp.join(REPO, 'configs', 'faster_rcnn_sge_r101_fpn.py'),
+        '--cfg-options',
+        'model.backbone.init_cfg.checkpoint=ckpts/sge_r101_typo.pth'])
+    cfg = train.build_cfg(args)
+    with pytest.raises(FileNotFoundError) as err:
+        resolve_pretrained_backbone(cfg)
+    message = str(err.value)
+    assert "model.backbone.init_cfg.checkpoint='ckpts/sge_r101_typo.pth'" \
+        in message
+    assert 'torchvision://resnet101' in message
+    # the override the message (and the README) suggests
     args = train.parse_args([
         osp.join(REPO, 'configs', 'faster_rcnn_sge_r101_fpn.py'),
         '--cfg-options',
@@ -119,7 +153,8 @@ def test_missing_pretrained_checkpoint_is_refused_with_the_way_out(
     cfg = train.build_cfg(args)
     assert cfg.model.backbone.init_cfg == dict(
         type='Pretrained', prefix=None, checkpoint='torchvision://resnet101')
-    check_pretrained_backbone(cfg)  # remote: left to mmengine
+    resolve_pretrained_backbone(cfg)  # remote: left to mmengine
+    assert cfg.model.backbone.init_cfg.checkpoint == 'torchvision://resnet101'
 
 
 # --------------------------------------------------------------------------

@@ -10,8 +10,10 @@ pytorch`` works on CPU-only machines (gloo). See
 added, so that ``--resume`` continues with the random numbers of the
 uninterrupted run; ``--amp`` also works on CPU (bfloat16, see
 :mod:`mmattn.compat_amp`). A backbone ``Pretrained`` checkpoint that is a
-missing local file is refused before anything is built
-(:func:`~mmattn.engine.launch.check_pretrained_backbone`).
+missing local file is dealt with before anything is built
+(:func:`~mmattn.engine.launch.resolve_pretrained_backbone`): the ImageNet
+checkpoint of a pretraining config not run yet gives way to torchvision's
+weights, with a warning; any other is an error.
 
 The pretraining configs (``configs/pretrain/``, mmpretrain scope) train
 with the same command; their last checkpoint is where the detection configs
@@ -39,9 +41,9 @@ from mmengine.runner import Runner
 import mmattn  # noqa: F401  (registers every module, compatibility fixes)
 import mmattn.engine  # noqa: F401  (hooks, e.g. NAMSparsityHook)
 from mmattn.engine.hooks import add_random_state_hook
-from mmattn.engine.launch import (ConfigOptionsAction,
-                                  check_pretrained_backbone,
-                                  merge_cfg_options, resolve_config_path,
+from mmattn.engine.launch import (ConfigOptionsAction, merge_cfg_options,
+                                  resolve_config_path,
+                                  resolve_pretrained_backbone,
                                   setup_cpu_distributed)
 
 
@@ -141,7 +143,7 @@ def main(argv=None):
     setup_cache_size_limit_of_dynamo()
 
     cfg = build_cfg(args)
-    check_pretrained_backbone(cfg)
+    resolve_pretrained_backbone(cfg)
     setup_cpu_distributed(cfg, args.launcher)
 
     # build the runner from config

@@ -16,10 +16,11 @@
 * :func:`merge_cfg_options`: merges them and imports a ``custom_imports``
   given there (mmengine imports ``custom_imports`` only while reading the
   config file).
-* :func:`check_pretrained_backbone`: the backbone's ``Pretrained``
-  checkpoint, when it is a local file (the detection configs name the
-  checkpoint their ImageNet pretraining config writes), exists before
-  anything is built, else an error says how to make it or what to use.
+* :func:`resolve_pretrained_backbone`: the backbone's ``Pretrained``
+  checkpoint, when it is a local file, is checked before anything is
+  built: the ImageNet checkpoint a pretraining config has not written yet
+  gives way to torchvision's weights, with a warning; any other missing
+  file is an error naming the field.
 * :func:`setup_cpu_distributed`: ``torch.distributed`` on CPU (gloo).
   mmengine's launcher always calls ``torch.cuda.set_device`` and wraps the
   model with ``device_ids=[LOCAL_RANK]``, both of which fail without a GPU.
@@ -28,13 +29,16 @@ from __future__ import annotations
 
 import ast
 import importlib
+import logging
 import os.path as osp
+import re
 from datetime import timedelta
 from typing import Any, Dict, Optional
 
 import torch
 import torch.distributed as torch_dist
 from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
 from mmengine.utils import import_modules_from_strings
 
 
@@ -124,16 +128,28 @@ def merge_cfg_options(cfg: Config, options: Optional[Dict[str, Any]]) -> None:
         import_modules_from_strings(**cfg.custom_imports)
 
 
-def check_pretrained_backbone(cfg: Config) -> None:
-    """Refuse early and clearly a ``model.backbone.init_cfg`` of type
-    ``Pretrained`` whose local checkpoint file does not exist.
+#: The checkpoint a detection config names for its backbone: the last one
+#: of ``tools/train.py configs/pretrain/<name>.py`` (default work dir).
+PRETRAINED_HANDOFF = re.compile(
+    r'(^|/)work_dirs/(?P<name>\w+_resnet(?P<depth>\d+)_8xb32_in1k)/'
+    r'epoch_\d+\.pth$')
 
-    Remote (``torchvision://``, ``open-mmlab://``, ``http(s)://``, ...)
-    checkpoints are left to mmengine.
+
+def resolve_pretrained_backbone(cfg: Config) -> None:
+    """Check ``model.backbone.init_cfg`` of type ``Pretrained`` before
+    anything is built, when its checkpoint is a local file.
+
+    * The file exists, or the checkpoint is remote (``torchvision://``,
+      ``open-mmlab://``, ``http(s)://``, ...): nothing to do.
+    * It is the ImageNet checkpoint that a pretraining config
+      (``configs/pretrain/<name>.py``) has not written yet: the backbone
+      starts from torchvision's ResNet weights instead, with the attention
+      modules from their own init, and a warning says so and how to get the
+      pretrained one.
+    * Any other missing file: an error naming the field.
 
     Raises:
-        FileNotFoundError: naming the field, the file, and the two ways
-            out (pretrain, or torchvision's weights).
+        FileNotFoundError: naming the field, the file, and the ways out.
     """
     backbone = cfg.get('model', {}).get('backbone', {})
     init_cfg = backbone.get('init_cfg') or {}
@@ -142,15 +158,25 @@ def check_pretrained_backbone(cfg: Config) -> None:
     checkpoint = str(init_cfg.get('checkpoint', ''))
     if '://' in checkpoint or osp.isfile(checkpoint):
         return
-    depth = backbone.get('depth', 50)
-    raise FileNotFoundError(
-        f'model.backbone.init_cfg.checkpoint={checkpoint!r} does not exist '
-        f'(relative to {osp.abspath(".")}). Train the ImageNet classifier '
-        f'that writes it (the config header names it: python tools/train.py '
-        f'configs/pretrain/<attention>_resnet{depth}_8xb32_in1k.py), point '
-        f'the field at your checkpoint, or start from torchvision\'s '
-        f'ResNet-{depth}: --cfg-options model.backbone.init_cfg.checkpoint='
-        f'torchvision://resnet{depth} model.backbone.init_cfg.prefix=None')
+    handoff = PRETRAINED_HANDOFF.search(checkpoint)
+    if handoff is None:
+        depth = backbone.get('depth', 50)
+        raise FileNotFoundError(
+            f'model.backbone.init_cfg.checkpoint={checkpoint!r} does not '
+            f'exist (relative to {osp.abspath(".")}). Point it at your '
+            f'checkpoint, or start from torchvision\'s ResNet-{depth}: '
+            f'--cfg-options model.backbone.init_cfg.checkpoint='
+            f'torchvision://resnet{depth} model.backbone.init_cfg.prefix=None')
+    torchvision = f'torchvision://resnet{handoff["depth"]}'
+    backbone.init_cfg = dict(type='Pretrained', checkpoint=torchvision)
+    print_log(
+        f'model.backbone.init_cfg.checkpoint={checkpoint!r} is not there '
+        f'yet: the backbone starts from {torchvision} instead, its attention '
+        f'modules from their own init (not the papers\' setting). For the '
+        f'ImageNet-pretrained attention network, first run python '
+        f'tools/train.py configs/pretrain/{handoff["name"]}.py (it writes '
+        f'that file), or point the field at a converted checkpoint.',
+        logger='current', level=logging.WARNING)
 
 
 def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
@@ -181,4 +207,4 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
 
 __all__ = ['ConfigOptionsAction', 'parse_option_value',
            'resolve_config_path', 'merge_cfg_options',
-           'check_pretrained_backbone', 'setup_cpu_distributed']
+           'resolve_pretrained_backbone', 'setup_cpu_distributed']

@@ -200,11 +200,10 @@ def render(detector: str, attention: Optional[str], depth: str) -> str:
                    f'classifier of configs/pretrain/'
                    f'{pretrain_name(attention, depth)} (tools/train.py '
                    f'writes its last checkpoint where init_cfg below looks). '
-                   f'To start from torchvision\'s ResNet-{layers} instead, '
-                   f'attention {"convs" if att.replaces_conv else "modules"}'
-                   f' from their own init: --cfg-options '
-                   f'model.backbone.init_cfg.checkpoint=torchvision://'
-                   f'resnet{layers} model.backbone.init_cfg.prefix=None.')
+                   f'Until that file exists, tools/train.py starts from '
+                   f'torchvision\'s ResNet-{layers} instead, attention '
+                   f'{"convs" if att.replaces_conv else "modules"} from their '
+                   f'own init, and warns.')
     lines += _wrap(data)
     fields = ''.join(f'\n            {key}={value!r},'
                      for key, value in init.items())
