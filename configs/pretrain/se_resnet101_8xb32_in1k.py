@@ -17,5 +17,5 @@ _base_ = [
 model = dict(
     backbone=dict(
         _base_.attention_backbone,
-        type='mmdet.ResNet',
+        type='mmdet.AttentionResNet',
         norm_eval=False))

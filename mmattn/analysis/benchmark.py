@@ -11,10 +11,12 @@ Three levels (issue 7):
   module, or, where neither has it, an eager transcription of the official
   code kept below as the baseline (the ``_Official*`` classes);
 * ``backbone``: a ResNet-50 train step (forward + backward, batch 2,
-  320 x 320) with the module after conv3 of every bottleneck, against plain
+  320 x 320) with the module after conv3 of every bottleneck (in mmattn's
+  ``AttentionResNet``, as the SE / ECA configs build it), against plain
   mmdet ResNet-50;
 * ``detector``: a Faster R-CNN R50-FPN train iteration (loss, backward) with
-  the module after conv3, against the plain detector.
+  the module after conv3 (``AttentionResNet`` backbone), against the plain
+  detector.
 
 **Timing.** Every run is repeated and the median reported. The module, its
 peer and the floor (or the plain model) are measured *interleaved*, one run
@@ -629,10 +631,15 @@ def benchmark_module(spec: ModuleSpec, shape: Shape, repeat: int,
 
 
 def _plugin_resnet(plugin: Optional[dict]) -> nn.Module:
+    """Plain mmdet ResNet-50, or mmattn's ``AttentionResNet`` (mmdet's
+    with the lean channel-gate path) with ``plugin`` after every conv3."""
     from mmdet.models.backbones import ResNet
-    plugins = None if plugin is None else [
-        dict(cfg=dict(plugin), position='after_conv3')]
-    return ResNet(depth=50, plugins=plugins)
+
+    from mmattn.models.backbones import AttentionResNet
+    if plugin is None:
+        return ResNet(depth=50)
+    return AttentionResNet(
+        depth=50, plugins=[dict(cfg=dict(plugin), position='after_conv3')])
 
 
 def _backbone_step(model: nn.Module,
@@ -665,8 +672,9 @@ def benchmark_backbone(spec: ModuleSpec, image_size: Tuple[int, int],
                        repeat: int, device: torch.device,
                        batch_size: int = 2) -> Row:
     """A ResNet-50 train step (forward, backward of the mean of the four
-    stage outputs) with ``spec``'s plugin after conv3 of every bottleneck,
-    interleaved with the same step of plain mmdet ResNet-50."""
+    stage outputs) with ``spec``'s plugin after conv3 of every bottleneck
+    (:func:`_plugin_resnet`), interleaved with the same step of plain mmdet
+    ResNet-50."""
     torch.manual_seed(0)
     images = torch.randn(batch_size, 3, *image_size, device=device)
     return _versus_plain('backbone', spec, _plugin_resnet, _backbone_step,
@@ -688,6 +696,7 @@ def _faster_rcnn(plugin: Optional[dict]) -> nn.Module:
     cfg = Config.fromfile(path).model
     cfg.backbone.init_cfg = None
     if plugin is not None:
+        cfg.backbone.type = 'AttentionResNet'
         cfg.backbone.plugins = [dict(cfg=dict(plugin), position='after_conv3')]
     return MODELS.build(cfg)
 

@@ -4,15 +4,18 @@
 * reduction arithmetic (``rd_ratio`` / ``rd_channels`` / ``rd_divisor``),
 * activations and gates chosen by name,
 * global pooling whose statistics are accumulated in fp32 (safe under
-  fp16/bf16 autocast),
+  fp16/bf16 autocast), and the max + mean pooling of CBAM and the Z-pool
+  with a one-pass backward,
 * :func:`needs_grad`, which picks a module's custom-backward path.
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional, Type, Union
+import math
+from typing import Iterable, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
+from torch.autograd.function import once_differentiable
 
 ActLayer = Union[str, Type[nn.Module], None]
 
@@ -161,14 +164,32 @@ def spatial_mean(x: torch.Tensor, dims=(2, 3)) -> torch.Tensor:
 
     Under autocast a half-precision sum over a large map overflows or loses
     precision; ``dtype=`` accumulates in fp32 without copying the input.
+    Under autograd (:class:`_SpatialMean`) the gradient is handed back as a
+    broadcast view, so the one full-size write is the sum with the other
+    gradients of ``x`` (autograd's own backward writes a full-size
+    quotient first): bit-identical, about a third less time for an SE
+    gate's forward + backward.
     """
+    if needs_grad(x):
+        return _SpatialMean.apply(x, tuple(d % x.dim() for d in dims))
     return torch.mean(x, dim=dims, keepdim=True, dtype=accumulate_dtype(x))
 
 
-def spatial_max(x: torch.Tensor, dims=(2, 3)) -> torch.Tensor:
-    """Max over ``dims`` (keepdim), returned in at least fp32 (the max
-    itself is exact in any precision)."""
-    return torch.amax(x, dim=dims, keepdim=True).to(accumulate_dtype(x))
+class _SpatialMean(torch.autograd.Function):
+    """:func:`spatial_mean` whose gradient is ``grad / n`` broadcast
+    (``expand``), not materialised."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dims: Tuple[int, ...]) -> torch.Tensor:
+        ctx.shape, ctx.dtype = x.shape, x.dtype
+        ctx.num = math.prod(x.shape[d] for d in dims)
+        return torch.mean(x, dim=dims, keepdim=True,
+                          dtype=accumulate_dtype(x))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        return (grad / ctx.num).to(ctx.dtype).expand(ctx.shape), None
 
 
 def spatial_mean_var(x: torch.Tensor, dims=(2, 3), correction: int = 0):
@@ -228,3 +249,132 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return False
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+class _MaxMeanPool(torch.autograd.Function):
+    """:func:`max_mean_pool` with a backward that writes the input gradient
+    once: the mean's share broadcast, then the max's share added at the
+    saved argmax (autograd would materialise both shares and sum them)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:
+        pooled, indices = _max_mean(x, dim)
+        ctx.save_for_backward(indices)
+        ctx.dim, ctx.shape, ctx.dtype = dim, x.shape, x.dtype
+        # the strides empty_like(x) would give: a rotated view's own
+        ctx.stride = torch.empty_like(x, device='meta').stride()
+        return pooled
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        indices, = ctx.saved_tensors
+        dim, num = ctx.dim, ctx.shape[ctx.dim]
+        grad = grad.to(ctx.dtype)
+        grad_x = torch.empty_strided(ctx.shape, ctx.stride,
+                                     dtype=grad.dtype, device=grad.device)
+        grad_x.copy_((grad.narrow(dim, 1, 1) / num).expand(ctx.shape))
+        return grad_x.scatter_add_(dim, indices, grad.narrow(dim, 0, 1)), None
+
+
+def _max_mean(x: torch.Tensor, dim: int):
+    """``cat[max, mean]`` over ``dim`` (keepdim) in at least fp32, and the
+    argmax."""
+    values, indices = x.max(dim=dim, keepdim=True)
+    mean = x.mean(dim=dim, keepdim=True, dtype=accumulate_dtype(x))
+    return torch.cat([values.to(mean.dtype), mean], dim=dim), indices
+
+
+def max_mean_pool(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Max and mean over ``dim``, concatenated there (``[max; mean]``, size
+    2), in at least fp32: the pooling of CBAM's channel gate (over the
+    flattened H x W) and the Z-pool (over channels).
+
+    The max's gradient goes to one maximal element, as with the official
+    codes' ``F.max_pool2d`` / ``torch.max(x, dim)``; ``amax`` would split it
+    among ties at the price of a full-size comparison mask in the backward.
+    Works on non-contiguous views (Triplet attention's rotations): the
+    gradient keeps the view's strides.
+    """
+    dim = dim % x.dim()
+    if needs_grad(x):
+        return _MaxMeanPool.apply(x, dim)
+    return _max_mean(x, dim)[0]
+
+
+# --------------------------------------------------------------------------
+# channel scaling
+# --------------------------------------------------------------------------
+def _per_channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum((2, 3))`` without the full-size product: one batched
+    dot product per (sample, channel). (B, C, H, W) x2 -> (B, C)."""
+    return torch.einsum('bchw,bchw->bc', a, b)
+
+
+class _ScaleChannels(torch.autograd.Function):
+    """``x * scale`` for a (B, C, 1, 1) ``scale``, keeping for the backward
+    either ``x`` or, when ``x = weight * source + bias`` per channel (the
+    output of a BatchNorm whose input autograd keeps anyway), only that
+    affine. Gradients, with upstream g:
+
+    .. math::
+
+        \\frac{\\partial L}{\\partial x} = g\\, s, \\qquad
+        \\frac{\\partial L}{\\partial s_{bc}} = \\sum_{hw} g\\, x
+        = w_c \\sum_{hw} g\\, z + b_c \\sum_{hw} g
+
+    each sum one pass over memory, never a full-size product.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor,
+                source: Optional[torch.Tensor],
+                weight: Optional[torch.Tensor],
+                bias: Optional[torch.Tensor]) -> torch.Tensor:
+        if source is None:
+            ctx.save_for_backward(scale, x, None, None)
+        else:
+            ctx.save_for_backward(scale, source, weight, bias)
+        return x * scale
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        scale, source, weight, bias = ctx.saved_tensors
+        grad_scale = None
+        if ctx.needs_input_grad[1]:
+            grad_scale = _per_channel_dot(grad, source)  # (B, C)
+            if weight is not None:
+                grad_scale = grad_scale.to(weight.dtype) * weight + \
+                    grad.sum((2, 3), dtype=weight.dtype) * bias
+            grad_scale = grad_scale.reshape(scale.shape).to(scale.dtype)
+        grad_x = grad * scale if ctx.needs_input_grad[0] else None
+        return grad_x, grad_scale, None, None, None
+
+
+NormInput = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def scale_channels(x: torch.Tensor,
+                   scale: torch.Tensor,
+                   norm_input: Optional[NormInput] = None) -> torch.Tensor:
+    """``x * scale``, the last step of every channel gate: (B, C, H, W) x
+    (B, C, 1, 1).
+
+    Under autograd the gradient of ``scale`` is one batched dot product
+    per channel instead of a full-size product and a sum. ``norm_input =
+    (z, w, b)``, with ``x = w * z + b`` per channel (``x`` a BatchNorm's
+    output, ``z`` its input: see
+    :func:`~mmattn.models.backbones.blocks.norm_input`), lets the backward
+    keep ``z``, which the BatchNorm keeps anyway, instead of ``x``: a
+    channel gate after the last norm of a residual block then adds no
+    full-size tensor to the training memory. Without autograd (inference,
+    tracing, export) it is the plain product.
+    """
+    if not needs_grad(x, scale):
+        return x * scale
+    if norm_input is None:
+        return _ScaleChannels.apply(x, scale, None, None, None)
+    source, weight, bias = norm_input
+    return _ScaleChannels.apply(x, scale, source, weight.view(1, -1),
+                                bias.view(1, -1))

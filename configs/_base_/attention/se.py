@@ -7,4 +7,5 @@
 # because mmengine forbids two bases defining the same key.
 custom_imports = dict(imports=['mmattn'], allow_failed_imports=False)
 attention_backbone = dict(
+    type='AttentionResNet',
     plugins=[dict(cfg=dict(type='SE'), position='after_conv3')])

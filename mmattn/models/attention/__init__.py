@@ -1,5 +1,5 @@
 """Attention modules: one file per module, each registered in ``MODELS``."""
-from .base import POSITIONS, AttentionModule
+from .base import POSITIONS, AttentionModule, ChannelGate
 from .bam import BAM
 from .cbam import CBAM
 from .ccnet import CrissCrossAttention
@@ -17,7 +17,7 @@ from .sge import SGE
 from .simam import SimAM
 from .triplet import TripletAttention
 
-__all__ = ['POSITIONS', 'AttentionModule', 'SE', 'ECA', 'CBAM',
+__all__ = ['POSITIONS', 'AttentionModule', 'ChannelGate', 'SE', 'ECA', 'CBAM',
            'TripletAttention', 'BAM', 'NAM', 'SGE', 'SimAM',
            'MultiSpectralAttention', 'CoordAttention', 'GatherExcite',
            'ResidualAttention', 'DualAttention', 'CrissCrossAttention',

@@ -1,7 +1,10 @@
 """The contract every mmattn attention module follows."""
-from typing import ClassVar
+from typing import ClassVar, Optional
 
+import torch
 import torch.nn as nn
+
+from mmattn.models.common import NormInput, scale_channels
 
 #: Positions an attention module can take in a residual network.
 #: ``after_conv1/2/3`` are mmdet's Bottleneck plugin positions (after
@@ -34,3 +37,25 @@ class AttentionModule(nn.Module):
 
     def init_weights(self) -> None:
         """Official initialisation; the default keeps PyTorch's."""
+
+
+class ChannelGate(AttentionModule):
+    """Base of the modules that rescale whole channels: ``x * s(x)`` with a
+    (B, C, 1, 1) ``s`` (SE, ECA, FcaNet, global Gather-Excite).
+
+    A subclass implements :meth:`channel_weights`; the product is
+    :func:`~mmattn.models.common.scale_channels`. A residual block that
+    places the gate right after a BatchNorm passes ``norm_input`` (the
+    norm's input and affine), so that training keeps that input, which the
+    norm keeps anyway, instead of the gate's input: the gate then costs no
+    full-size activation memory.
+    """
+
+    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The gate s, (B, C, H, W) -> (B, C, 1, 1), in x's dtype."""
+        raise NotImplementedError
+
+    def forward(self,
+                x: torch.Tensor,
+                norm_input: Optional[NormInput] = None) -> torch.Tensor:
+        return scale_channels(x, self.channel_weights(x), norm_input)

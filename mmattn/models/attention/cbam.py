@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from mmattn.models.common import (ActLayer, create_act, reduced_channels,
-                                  spatial_max, spatial_mean)
+                                  max_mean_pool)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 from .zpool_gate import ZPoolGate
@@ -99,9 +99,9 @@ class CBAM(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
         # Both pooled descriptors through the shared MLP in one call.
-        pooled = torch.stack([spatial_mean(x).reshape(b, c),
-                              spatial_max(x).reshape(b, c)],
-                             dim=1).to(x.dtype)  # (B, 2, C)
+        # (B, C, HW) -> [max; mean] (B, C, 2) -> (B, 2, C)
+        pooled = max_mean_pool(x.flatten(2), dim=2).transpose(1, 2).to(
+            x.dtype)
         logits = self.fc2(self.act(self.fc1(pooled))).sum(dim=1)  # (B, C)
         x = x * self.gate(logits).reshape(b, c, 1, 1).to(x.dtype)
         if self.spatial_gate is None:

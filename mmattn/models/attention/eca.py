@@ -8,7 +8,7 @@ import torch.nn as nn
 from mmattn.models.common import (ActLayer, check_odd_kernel,
                                   check_positive_int, create_act, spatial_mean)
 from mmattn.registry import MODELS
-from .base import AttentionModule
+from .base import ChannelGate
 
 
 def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
@@ -25,7 +25,7 @@ def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
 
 
 @MODELS.register_module()
-class ECA(AttentionModule):
+class ECA(ChannelGate):
     """Efficient Channel Attention.
 
     `ECA-Net: Efficient Channel Attention for Deep Convolutional Neural
@@ -93,8 +93,8 @@ class ECA(AttentionModule):
                               padding=(kernel_size - 1) // 2, bias=False)
         self.gate = create_act(gate_layer, 'gate_layer')
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
         y = spatial_mean(x).reshape(b, 1, c).to(x.dtype)  # (B, 1, C)
         s = self.gate(self.conv(y)).reshape(b, c, 1, 1)  # (B, C, 1, 1)
-        return x * s.to(x.dtype)
+        return s.to(x.dtype)

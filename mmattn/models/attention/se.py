@@ -7,11 +7,11 @@ import torch.nn as nn
 from mmattn.models.common import (ActLayer, create_act, reduced_channels,
                                   spatial_mean)
 from mmattn.registry import MODELS
-from .base import AttentionModule
+from .base import ChannelGate
 
 
 @MODELS.register_module()
-class SE(AttentionModule):
+class SE(ChannelGate):
     """Squeeze-and-Excitation block.
 
     `Squeeze-and-Excitation Networks <https://arxiv.org/abs/1709.01507>`_
@@ -59,7 +59,6 @@ class SE(AttentionModule):
         self.fc2 = nn.Conv2d(rd_channels, in_channels, 1, bias=bias)
         self.gate = create_act(gate_layer, 'gate_layer')
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         z = spatial_mean(x).to(x.dtype)  # (B, C, 1, 1)
-        s = self.gate(self.fc2(self.act(self.fc1(z))))  # (B, C, 1, 1)
-        return x * s
+        return self.gate(self.fc2(self.act(self.fc1(z))))  # (B, C, 1, 1)

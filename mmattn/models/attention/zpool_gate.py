@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 from mmattn.models.common import (ActLayer, check_odd_kernel, create_act,
-                                  spatial_max, spatial_mean)
+                                  max_mean_pool)
 
 
 def zpool(x: torch.Tensor) -> torch.Tensor:
@@ -17,8 +17,7 @@ def zpool(x: torch.Tensor) -> torch.Tensor:
     conv's two input channels. The mean is accumulated in fp32 under
     half-precision autocast, then both maps return to ``x.dtype``.
     """
-    return torch.cat([spatial_max(x, dims=(1, )),
-                      spatial_mean(x, dims=(1, ))], dim=1).to(x.dtype)
+    return max_mean_pool(x, dim=1).to(x.dtype)  # (B, 2, P, Q)
 
 
 class ZPoolGate(nn.Module):

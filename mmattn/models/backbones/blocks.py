@@ -10,6 +10,10 @@ mmdet's ``Bottleneck`` takes plugins after conv1/conv2/conv3 only, and its
   (and every module's ``default_position``) serves both block types;
 * ``after_block`` modules, applied to the block's output after the final
   ReLU (Non-local networks append their blocks there);
+* a lean path for a channel gate right after the block's last norm
+  (:class:`~mmattn.models.attention.ChannelGate`, e.g. SE, ECA): the gate
+  is handed the norm's input and affine (:func:`norm_input`), so that
+  training keeps no copy of the norm's output for the gate's backward;
 * a replacement of the block's strided 3x3 conv (``attn_conv``, e.g.
   :class:`~mmattn.models.backbones.SKConv`, :class:`PSAConv`): conv2 of a
   Bottleneck, conv1 of a BasicBlock (as timm's SK-ResNet-18/34). A
@@ -22,12 +26,15 @@ State-dict names stay those of mmdet's blocks (``conv1``, ``bn1``, ...,
 from typing import List, Optional
 
 import torch
+import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_conv_layer, build_plugin_layer
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
 from mmdet.models.backbones.resnext import Bottleneck as ResNeXtBottleneck
 
-from mmattn.models.common import check_choice
+from mmattn.models.attention import ChannelGate
+from mmattn.models.common import (NormInput, check_choice, needs_grad,
+                                  spatial_mean_var)
 
 #: Positions inside a block, per block type.
 BASIC_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
@@ -44,6 +51,28 @@ def build_attention(cfg: dict, in_channels: int, postfix=''):
     cfg = dict(cfg)
     return build_plugin_layer(cfg, in_channels=in_channels,
                               postfix=cfg.pop('postfix', postfix))
+
+
+def norm_input(norm: nn.Module, z: torch.Tensor) -> Optional[NormInput]:
+    """``(z, w, b)`` with ``norm(z) = w * z + b`` per channel (w, b: (C,),
+    fp32, no grad), for a ``BatchNorm2d`` in train mode (batch statistics,
+    one extra read of z) or eval mode (running statistics); None for other
+    norms (SyncBN, GN: their statistics are not the block's to recompute)
+    and without autograd."""
+    if type(norm) is not nn.BatchNorm2d or not needs_grad(z):
+        return None
+    with torch.no_grad():
+        if norm.training or norm.running_mean is None:
+            mean, var = spatial_mean_var(z, dims=(0, 2, 3))
+            mean, var = mean.flatten(), var.flatten()  # (C, )
+        else:
+            mean, var = norm.running_mean, norm.running_var
+        weight = torch.rsqrt(var.float() + norm.eps)
+        bias = -mean * weight
+        if norm.affine:
+            weight = weight * norm.weight
+            bias = bias * norm.weight + norm.bias
+    return z, weight, bias
 
 
 class _AttentionBlockMixin:
@@ -68,6 +97,19 @@ class _AttentionBlockMixin:
         for name in plugin_names:
             x = getattr(self, name)(x)
         return x
+
+    def norm_then_plugins(self, z: torch.Tensor, norm: nn.Module,
+                          plugin_names: List[str]) -> torch.Tensor:
+        """``forward_plugin(norm(z))``; a :class:`ChannelGate` first in
+        line gets :func:`norm_input`, so its backward keeps ``z`` (kept by
+        the norm anyway) rather than ``norm(z)``."""
+        x = norm(z)
+        if plugin_names and isinstance(getattr(self, plugin_names[0]),
+                                       ChannelGate):
+            gate = getattr(self, plugin_names[0])
+            x = gate(x, norm_input=norm_input(norm, z))
+            plugin_names = plugin_names[1:]
+        return self.forward_plugin(x, plugin_names)
 
     def add_after_block(self, cfg: dict) -> str:
         """Append a module applied to the block's output (after its final
@@ -141,8 +183,8 @@ class AttentionBasicBlock(_AttentionBlockMixin, BasicBlock):
             if self.norm1_name is not None:
                 out = self.relu(self.norm1(out))
             out = self.forward_plugin(out, self.after_conv1_plugin_names)
-            out = self.norm2(self.conv2(out))
-            out = self.forward_plugin(out, self.after_conv2_plugin_names)
+            out = self.norm_then_plugins(self.conv2(out), self.norm2,
+                                         self.after_conv2_plugin_names)
             if self.downsample is not None:
                 identity = self.downsample(x)
             return out + identity
@@ -191,8 +233,8 @@ class AttentionBottleneck(_AttentionBlockMixin, Bottleneck):
             if self.norm2_name is not None:
                 out = self.relu(self.norm2(out))
             out = self.forward_plugin(out, self.after_conv2_plugin_names)
-            out = self.norm3(self.conv3(out))
-            out = self.forward_plugin(out, self.after_conv3_plugin_names)
+            out = self.norm_then_plugins(self.conv3(out), self.norm3,
+                                         self.after_conv3_plugin_names)
             if self.downsample is not None:
                 identity = self.downsample(x)
             return out + identity

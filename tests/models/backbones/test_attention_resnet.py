@@ -431,3 +431,67 @@ def test_mmdet_and_mmpretrain_layouts_load(tmp_path, layout):
         torch.testing.assert_close(loaded[key], value)
     # CBAM keeps its own init: spatial BN weight 0
     assert torch.all(net.layer2[0].cbam.spatial_gate.bn.weight == 0)
+
+
+# --------------------------------------------------------------------------
+# the lean channel-gate path (issue 7: training memory)
+# --------------------------------------------------------------------------
+def _saved_activation_bytes(model, images):
+    """Bytes of the distinct non-parameter tensors autograd keeps for the
+    backward of one forward pass: the training memory beyond parameters,
+    deterministic."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(images)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize('depth,gate', [(50, 'SE'), (50, 'ECA'), (18, 'SE')])
+def test_channel_gate_keeps_no_extra_activation(depth, gate):
+    plugins = [dict(cfg=dict(type=gate), position='after_conv3')]
+    images = torch.randn(2, 3, 128, 128)
+    plain = _saved_activation_bytes(ResNet(depth=depth), images)
+    lean = _saved_activation_bytes(
+        AttentionResNet(depth=depth, plugins=plugins), images)
+    assert lean <= 1.02 * plain, (lean, plain)  # + (B, C) vectors
+    if depth >= 50:  # mmdet's block keeps the BN output for the gate
+        mmdet = _saved_activation_bytes(ResNet(depth=depth, plugins=plugins),
+                                        images)
+        assert mmdet > 1.2 * plain, (mmdet, plain)
+
+
+@pytest.mark.parametrize('norm_eval', [False, True])
+def test_channel_gate_lean_path_matches_mmdet_block(norm_eval):
+    """Same outputs and gradients as the SE plugin in mmdet's own ResNet,
+    with BN in train mode (batch statistics) and frozen (norm_eval)."""
+    torch.manual_seed(0)
+    plugins = [dict(cfg=dict(type='SE'), position='after_conv3')]
+    theirs = ResNet(depth=50, plugins=plugins, norm_eval=norm_eval)
+    ours = AttentionResNet(depth=50, plugins=plugins, norm_eval=norm_eval)
+    for bn in (m for m in theirs.modules()
+               if isinstance(m, torch.nn.BatchNorm2d)):
+        torch.nn.init.uniform_(bn.weight, 0.5, 1.5)  # not zero-init
+        torch.nn.init.normal_(bn.bias, std=0.1)
+        bn.running_var.uniform_(0.5, 2)
+    ours.load_state_dict(theirs.state_dict())
+    ours.train(), theirs.train()
+    images = torch.randn(2, 3, 64, 64)
+    grads = []
+    for model in (ours, theirs):
+        outs = model(images)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum()
+            for o in outs).backward()
+        grads.append({k: p.grad for k, p in model.named_parameters()})
+    for a, b in zip(ours(images), theirs(images)):
+        torch.testing.assert_close(a, b)
+    for name, grad in grads[1].items():  # fp32 rounding of the sums
+        error = (grads[0][name] - grad).abs().max() / grad.abs().max()
+        assert error < 1e-5, (name, error)

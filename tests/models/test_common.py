@@ -1,0 +1,102 @@
+"""The shared pieces of mmattn.models.common with a hand-written backward:
+the same values as plain torch ops, gradients checked numerically."""
+import pytest
+import torch
+import torch.nn as nn
+
+from mmattn.models.backbones.blocks import norm_input
+from mmattn.models.common import (max_mean_pool, scale_channels,
+                                  spatial_mean)
+
+
+def _views(x):
+    """x and the layouts the modules pool: flattened H x W (CBAM), the
+    rotated views of Triplet attention."""
+    return [(x, 1), (x.flatten(2), 2), (x.transpose(1, 2), 1),
+            (x.permute(0, 3, 2, 1), 1)]
+
+
+def test_max_mean_pool_values_and_gradcheck():
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64, requires_grad=True)
+    for view, dim in _views(x):
+        expected = torch.cat([view.amax(dim, keepdim=True),
+                              view.mean(dim, keepdim=True)], dim)
+        assert torch.equal(max_mean_pool(view, dim), expected)
+        assert torch.autograd.gradcheck(
+            lambda t, d=dim: max_mean_pool(t, d), (view.detach().clone()
+                                                   .requires_grad_(),))
+
+
+def test_max_mean_pool_gradient_goes_to_one_maximum():
+    """Ties: all of the max's gradient to one element (as torch.max(x, dim)
+    and the official F.max_pool2d), the mean's spread evenly."""
+    x = torch.ones(1, 4, 1, 1, requires_grad=True)
+    max_mean_pool(x, 1)[:, 0].sum().backward()
+    assert x.grad.sum().item() == 1 and x.grad.max().item() == 1
+
+
+def test_max_mean_pool_keeps_half_precision_stats_in_fp32():
+    x = torch.full((1, 3, 2, 2), 60000., dtype=torch.float16,
+                   requires_grad=True)
+    pooled = max_mean_pool(x, 1)
+    assert pooled.dtype == torch.float32 and pooled[0, 1, 0, 0] == 60000.
+    pooled.sum().backward()
+    assert x.grad.dtype == torch.float16
+
+
+def test_spatial_mean_gradient_is_bit_identical_to_autograd():
+    x = torch.randn(2, 6, 5, 7, requires_grad=True)
+    weight = torch.randn(6, 6)
+
+    def loss(mean_fn):
+        pooled = mean_fn(x).flatten(1)
+        return (x * torch.sigmoid(pooled @ weight)[..., None, None]).square()\
+            .sum()
+
+    ref = torch.autograd.grad(
+        loss(lambda t: t.mean((2, 3), keepdim=True)), x)[0]
+    got = torch.autograd.grad(loss(spatial_mean), x)[0]
+    assert torch.equal(got, ref)
+    with torch.no_grad():
+        assert torch.equal(spatial_mean(x), x.mean((2, 3), keepdim=True))
+
+
+def test_spatial_mean_gradcheck_other_dims():
+    x = torch.randn(2, 3, 4, 5, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: spatial_mean(t, (3, 4)), (x, ))
+
+
+@pytest.mark.parametrize('via_norm', [False, True])
+def test_scale_channels_gradcheck(via_norm):
+    torch.manual_seed(0)
+    z = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    weight, bias = torch.randn(3, dtype=torch.float64), torch.randn(
+        3, dtype=torch.float64)
+    x = (z * weight[:, None, None] + bias[:, None, None]).requires_grad_()
+    scale = torch.rand(2, 3, 1, 1, dtype=torch.float64, requires_grad=True)
+    affine = (z, weight, bias) if via_norm else None
+    assert torch.autograd.gradcheck(
+        lambda x_, s_: scale_channels(x_, s_, affine), (x, scale))
+
+
+@pytest.mark.parametrize('training', [True, False])
+def test_norm_input_reproduces_batch_norm(training):
+    torch.manual_seed(0)
+    norm = nn.BatchNorm2d(4)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    norm.running_mean.normal_()
+    norm.running_var.uniform_(0.5, 2)
+    norm.train(training)
+    z = (torch.randn(2, 4, 5, 6) * 3 + 1).requires_grad_()
+    source, weight, bias = norm_input(norm, z)
+    assert source is z
+    torch.testing.assert_close(
+        z * weight[:, None, None] + bias[:, None, None], norm(z))
+
+
+def test_norm_input_declines_other_norms_and_inference():
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    assert norm_input(nn.GroupNorm(2, 4), z) is None
+    assert norm_input(nn.SyncBatchNorm(4), z) is None
+    assert norm_input(nn.BatchNorm2d(4), z.detach()) is None
