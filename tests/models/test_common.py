@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mmattn.models.backbones.blocks import norm_input
+from mmattn.models.backbones.blocks import batch_norm_with_affine
 from mmattn.models.common import (max_mean_pool, scale_channels,
                                   spatial_mean)
 
@@ -79,24 +79,25 @@ def test_scale_channels_gradcheck(via_norm):
         lambda x_, s_: scale_channels(x_, s_, affine), (x, scale))
 
 
-@pytest.mark.parametrize('training', [True, False])
-def test_norm_input_reproduces_batch_norm(training):
+@pytest.mark.parametrize('training,momentum', [(True, 0.1), (True, None),
+                                               (False, 0.1)])
+def test_batch_norm_with_affine_is_batch_norm(training, momentum):
+    """Output, running statistics and the affine of nn.BatchNorm2d."""
     torch.manual_seed(0)
-    norm = nn.BatchNorm2d(4)
-    nn.init.normal_(norm.weight)
-    nn.init.normal_(norm.bias)
-    norm.running_mean.normal_()
-    norm.running_var.uniform_(0.5, 2)
-    norm.train(training)
+    norms = [nn.BatchNorm2d(4, momentum=momentum) for _ in range(2)]
+    nn.init.normal_(norms[0].weight)
+    nn.init.normal_(norms[0].bias)
+    norms[0].running_mean.normal_()
+    norms[0].running_var.uniform_(0.5, 2)
+    norms[1].load_state_dict(norms[0].state_dict())
     z = (torch.randn(2, 4, 5, 6) * 3 + 1).requires_grad_()
-    source, weight, bias = norm_input(norm, z)
-    assert source is z
-    torch.testing.assert_close(
-        z * weight[:, None, None] + bias[:, None, None], norm(z))
-
-
-def test_norm_input_declines_other_norms_and_inference():
-    z = torch.randn(2, 4, 3, 3, requires_grad=True)
-    assert norm_input(nn.GroupNorm(2, 4), z) is None
-    assert norm_input(nn.SyncBatchNorm(4), z) is None
-    assert norm_input(nn.BatchNorm2d(4), z.detach()) is None
+    for _ in range(2):
+        for norm in norms:
+            norm.train(training)
+        out, (source, weight, bias) = batch_norm_with_affine(norms[0], z)
+        torch.testing.assert_close(out, norms[1](z), rtol=0, atol=1e-6)
+        for key, value in norms[1].state_dict().items():
+            torch.testing.assert_close(norms[0].state_dict()[key], value)
+        assert source is z
+        torch.testing.assert_close(
+            z * weight[:, None, None] + bias[:, None, None], out)

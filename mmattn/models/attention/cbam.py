@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from mmattn.models.common import (ActLayer, create_act, reduced_channels,
-                                  max_mean_pool)
+                                  max_mean_pool, scale_channels)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 from .zpool_gate import ZPoolGate
@@ -103,7 +103,8 @@ class CBAM(AttentionModule):
         pooled = max_mean_pool(x.flatten(2), dim=2).transpose(1, 2).to(
             x.dtype)
         logits = self.fc2(self.act(self.fc1(pooled))).sum(dim=1)  # (B, C)
-        x = x * self.gate(logits).reshape(b, c, 1, 1).to(x.dtype)
+        x = scale_channels(x, self.gate(logits).reshape(b, c, 1, 1).to(
+            x.dtype))
         if self.spatial_gate is None:
             return x
         return x * self.spatial_gate(x).to(x.dtype)  # (B, 1, H, W) gate

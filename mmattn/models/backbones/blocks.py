@@ -12,8 +12,8 @@ mmdet's ``Bottleneck`` takes plugins after conv1/conv2/conv3 only, and its
   ReLU (Non-local networks append their blocks there);
 * a lean path for a channel gate right after the block's last norm
   (:class:`~mmattn.models.attention.ChannelGate`, e.g. SE, ECA): the gate
-  is handed the norm's input and affine (:func:`norm_input`), so that
-  training keeps no copy of the norm's output for the gate's backward;
+  is handed the norm's input and affine (:func:`batch_norm_with_affine`),
+  so that training keeps no copy of the norm's output for its backward;
 * a replacement of the block's strided 3x3 conv (``attn_conv``, e.g.
   :class:`~mmattn.models.backbones.SKConv`, :class:`PSAConv`): conv2 of a
   Bottleneck, conv1 of a BasicBlock (as timm's SK-ResNet-18/34). A
@@ -23,7 +23,7 @@ mmdet's ``Bottleneck`` takes plugins after conv1/conv2/conv3 only, and its
 State-dict names stay those of mmdet's blocks (``conv1``, ``bn1``, ...,
 ``downsample``), so torchvision/mmdet/mmpretrain ResNet checkpoints load.
 """
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -33,8 +33,7 @@ from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
 from mmdet.models.backbones.resnext import Bottleneck as ResNeXtBottleneck
 
 from mmattn.models.attention import ChannelGate
-from mmattn.models.common import (NormInput, check_choice, needs_grad,
-                                  spatial_mean_var)
+from mmattn.models.common import NormInput, check_choice, needs_grad
 
 #: Positions inside a block, per block type.
 BASIC_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
@@ -53,26 +52,36 @@ def build_attention(cfg: dict, in_channels: int, postfix=''):
                               postfix=cfg.pop('postfix', postfix))
 
 
-def norm_input(norm: nn.Module, z: torch.Tensor) -> Optional[NormInput]:
-    """``(z, w, b)`` with ``norm(z) = w * z + b`` per channel (w, b: (C,),
-    fp32, no grad), for a ``BatchNorm2d`` in train mode (batch statistics,
-    one extra read of z) or eval mode (running statistics); None for other
-    norms (SyncBN, GN: their statistics are not the block's to recompute)
-    and without autograd."""
-    if type(norm) is not nn.BatchNorm2d or not needs_grad(z):
-        return None
+def batch_norm_with_affine(norm: nn.BatchNorm2d, z: torch.Tensor
+                           ) -> Tuple[torch.Tensor, NormInput]:
+    """``norm(z)`` and ``(z, w, b)`` with ``norm(z) = w * z + b`` per
+    channel (w, b: (C,), fp32, no grad).
+
+    In train mode the batch statistics come from the same kernel call as
+    the output (``torch.native_batch_norm`` returns them), with the running
+    statistics and ``num_batches_tracked`` updated as
+    ``nn.BatchNorm2d.forward`` does; in eval mode they are the running
+    statistics.
+    """
+    if norm.training or norm.running_mean is None:
+        momentum = norm.momentum
+        if norm.training and norm.track_running_stats:
+            norm.num_batches_tracked.add_(1)
+            if momentum is None:  # cumulative moving average
+                momentum = 1. / float(norm.num_batches_tracked)
+        out, mean, invstd = torch.native_batch_norm(
+            z, norm.weight, norm.bias, norm.running_mean, norm.running_var,
+            True, momentum or 0., norm.eps)
+    else:
+        out = norm(z)
+        mean = norm.running_mean
+        invstd = torch.rsqrt(norm.running_var.float() + norm.eps)
     with torch.no_grad():
-        if norm.training or norm.running_mean is None:
-            mean, var = spatial_mean_var(z, dims=(0, 2, 3))
-            mean, var = mean.flatten(), var.flatten()  # (C, )
-        else:
-            mean, var = norm.running_mean, norm.running_var
-        weight = torch.rsqrt(var.float() + norm.eps)
-        bias = -mean * weight
+        weight, bias = invstd.float(), -mean * invstd
         if norm.affine:
             weight = weight * norm.weight
             bias = bias * norm.weight + norm.bias
-    return z, weight, bias
+    return out, (z, weight, bias)
 
 
 class _AttentionBlockMixin:
@@ -100,16 +109,19 @@ class _AttentionBlockMixin:
 
     def norm_then_plugins(self, z: torch.Tensor, norm: nn.Module,
                           plugin_names: List[str]) -> torch.Tensor:
-        """``forward_plugin(norm(z))``; a :class:`ChannelGate` first in
-        line gets :func:`norm_input`, so its backward keeps ``z`` (kept by
-        the norm anyway) rather than ``norm(z)``."""
-        x = norm(z)
-        if plugin_names and isinstance(getattr(self, plugin_names[0]),
-                                       ChannelGate):
-            gate = getattr(self, plugin_names[0])
-            x = gate(x, norm_input=norm_input(norm, z))
-            plugin_names = plugin_names[1:]
-        return self.forward_plugin(x, plugin_names)
+        """``forward_plugin(norm(z))``. A :class:`ChannelGate` first in
+        line after a ``BatchNorm2d`` gets the norm's input and affine
+        (:func:`batch_norm_with_affine`), so that its backward keeps ``z``,
+        which the norm keeps anyway, rather than ``norm(z)``. Other norms
+        (SyncBN, GN: statistics not the block's to reproduce) and
+        inference take the plain path."""
+        gate = getattr(self, plugin_names[0]) if plugin_names else None
+        if not (isinstance(gate, ChannelGate)
+                and type(norm) is nn.BatchNorm2d and needs_grad(z)):
+            return self.forward_plugin(norm(z), plugin_names)
+        x, affine = batch_norm_with_affine(norm, z)
+        return self.forward_plugin(gate(x, norm_input=affine),
+                                   plugin_names[1:])
 
     def add_after_block(self, cfg: dict) -> str:
         """Append a module applied to the block's output (after its final
