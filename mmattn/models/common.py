@@ -252,29 +252,37 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
 
 
 class _MaxMeanPool(torch.autograd.Function):
-    """:func:`max_mean_pool` with a backward that writes the input gradient
-    once: the mean's share broadcast, then the max's share added at the
-    saved argmax (autograd would materialise both shares and sum them)."""
+    """:func:`max_mean_pools` with a backward that writes the input
+    gradient once: the mean shares broadcast and summed, then each max's
+    share added at its saved argmax (autograd would materialise every share
+    and sum them one by one)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:
-        pooled, indices = _max_mean(x, dim)
-        ctx.save_for_backward(indices)
-        ctx.dim, ctx.shape, ctx.dtype = dim, x.shape, x.dtype
+    def forward(ctx, x: torch.Tensor, dims: Tuple[int, ...]):
+        pooled, indices = zip(*(_max_mean(x, dim) for dim in dims))
+        ctx.save_for_backward(*indices)
+        ctx.dims, ctx.shape, ctx.dtype = dims, x.shape, x.dtype
         # the strides empty_like(x) would give: a rotated view's own
         ctx.stride = torch.empty_like(x, device='meta').stride()
         return pooled
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        indices, = ctx.saved_tensors
-        dim, num = ctx.dim, ctx.shape[ctx.dim]
-        grad = grad.to(ctx.dtype)
-        grad_x = torch.empty_strided(ctx.shape, ctx.stride,
-                                     dtype=grad.dtype, device=grad.device)
-        grad_x.copy_((grad.narrow(dim, 1, 1) / num).expand(ctx.shape))
-        return grad_x.scatter_add_(dim, indices, grad.narrow(dim, 0, 1)), None
+    def backward(ctx, *grads: torch.Tensor):
+        grads = [g.to(ctx.dtype) for g in grads]
+        means = [(g.narrow(d, 1, 1) / ctx.shape[d]).expand(ctx.shape)
+                 for g, d in zip(grads, ctx.dims)]
+        grad_x = torch.empty_strided(ctx.shape, ctx.stride, dtype=ctx.dtype,
+                                     device=grads[0].device)
+        if len(means) > 1:
+            torch.add(means[0], means[1], out=grad_x)
+        else:
+            grad_x.copy_(means[0])
+        for mean in means[2:]:
+            grad_x.add_(mean)
+        for grad, dim, indices in zip(grads, ctx.dims, ctx.saved_tensors):
+            grad_x.scatter_add_(dim, indices, grad.narrow(dim, 0, 1))
+        return grad_x, None
 
 
 def _max_mean(x: torch.Tensor, dim: int):
@@ -285,21 +293,28 @@ def _max_mean(x: torch.Tensor, dim: int):
     return torch.cat([values.to(mean.dtype), mean], dim=dim), indices
 
 
-def max_mean_pool(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Max and mean over ``dim``, concatenated there (``[max; mean]``, size
-    2), in at least fp32: the pooling of CBAM's channel gate (over the
-    flattened H x W) and the Z-pool (over channels).
+def max_mean_pools(x: torch.Tensor,
+                   dims: Tuple[int, ...]) -> Tuple[torch.Tensor, ...]:
+    """For each of ``dims``: max and mean over it, concatenated there
+    (``[max; mean]``, size 2), in at least fp32. One dim: the pooling of
+    CBAM's channel gate (over the flattened H x W) and the Z-pool (over
+    channels); three: Triplet attention's Z-pools over H, W and C.
 
     The max's gradient goes to one maximal element, as with the official
     codes' ``F.max_pool2d`` / ``torch.max(x, dim)``; ``amax`` would split it
     among ties at the price of a full-size comparison mask in the backward.
-    Works on non-contiguous views (Triplet attention's rotations): the
-    gradient keeps the view's strides.
+    The gradients of all the poolings are written into one tensor, with
+    x's strides (views welcome).
     """
-    dim = dim % x.dim()
+    dims = tuple(d % x.dim() for d in dims)
     if needs_grad(x):
-        return _MaxMeanPool.apply(x, dim)
-    return _max_mean(x, dim)[0]
+        return _MaxMeanPool.apply(x, dims)
+    return tuple(_max_mean(x, dim)[0] for dim in dims)
+
+
+def max_mean_pool(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """:func:`max_mean_pools` over one dim."""
+    return max_mean_pools(x, (dim, ))[0]
 
 
 # --------------------------------------------------------------------------

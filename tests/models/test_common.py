@@ -5,8 +5,8 @@ import torch
 import torch.nn as nn
 
 from mmattn.models.backbones.blocks import batch_norm_with_affine
-from mmattn.models.common import (max_mean_pool, scale_channels,
-                                  spatial_mean)
+from mmattn.models.common import (max_mean_pool, max_mean_pools,
+                                  scale_channels, spatial_mean)
 
 
 def _views(x):
@@ -25,6 +25,18 @@ def test_max_mean_pool_values_and_gradcheck():
         assert torch.autograd.gradcheck(
             lambda t, d=dim: max_mean_pool(t, d), (view.detach().clone()
                                                    .requires_grad_(),))
+
+
+def test_max_mean_pools_over_several_dims_at_once():
+    """Triplet attention's three Z-pools: one gradient for all three."""
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64, requires_grad=True)
+    pooled = max_mean_pools(x, (2, 3, 1))
+    for out, dim in zip(pooled, (2, 3, 1)):
+        assert torch.equal(out, max_mean_pool(x, dim))
+    assert torch.autograd.gradcheck(lambda t: max_mean_pools(t, (2, 3, 1)),
+                                    (x, ))
+    assert torch.autograd.gradcheck(lambda t: max_mean_pools(t, (2, 3)),
+                                    (x, ))
 
 
 def test_max_mean_pool_gradient_goes_to_one_maximum():

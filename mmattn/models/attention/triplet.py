@@ -1,7 +1,8 @@
 """Triplet attention."""
 import torch
 
-from mmattn.models.common import ActLayer, check_positive_int
+from mmattn.models.common import (ActLayer, check_positive_int,
+                                  max_mean_pools)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 from .zpool_gate import ZPoolGate
@@ -81,12 +82,18 @@ class TripletAttention(AttentionModule):
                 branch.init_weights()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # C-W branch: view (B, H, C, W) -> map (B, 1, C, W) -> (B, C, 1, W)
-        map_cw = self.cw(x.transpose(1, 2)).transpose(1, 2)
-        # H-C branch: view (B, W, H, C) -> map (B, 1, H, C) -> (B, C, H, 1)
-        map_hc = self.hc(x.permute(0, 3, 2, 1)).permute(0, 3, 2, 1)
+        # Z-pools over H, W (and C) in one call, whose backward writes one
+        # gradient: (B, C, 2, W), (B, C, H, 2) (and (B, 2, H, W)).
+        dims = (2, 3) if self.hw is None else (2, 3, 1)
+        pooled = [p.to(x.dtype) for p in max_mean_pools(x, dims)]
+        # C-W branch: (B, 2, C, W) -> map (B, 1, C, W) -> (B, C, 1, W)
+        map_cw = self.cw.gate_pooled(
+            pooled[0].transpose(1, 2).contiguous()).transpose(1, 2)
+        # H-C branch: (B, 2, H, C) -> map (B, 1, H, C) -> (B, C, H, 1)
+        map_hc = self.hc.gate_pooled(
+            pooled[1].permute(0, 3, 2, 1).contiguous()).permute(0, 3, 2, 1)
         maps = map_cw + map_hc  # (B, C, H, W), a fresh tensor: in-place ok
         if self.hw is None:
             return x * maps.mul_(0.5).to(x.dtype)
-        maps.add_(self.hw(x))  # + (B, 1, H, W)
+        maps.add_(self.hw.gate_pooled(pooled[2]))  # + (B, 1, H, W)
         return x * maps.div_(3).to(x.dtype)

@@ -74,4 +74,9 @@ class ZPoolGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, N, P, Q) -> (B, 2, P, Q) -> (B, 1, P, Q)
-        return self.gate(self.bn(self.conv(zpool(x))))
+        return self.gate_pooled(zpool(x))
+
+    def gate_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The map from a Z-pool computed by the caller, (B, 2, P, Q) ->
+        (B, 1, P, Q) (Triplet attention pools its three views at once)."""
+        return self.gate(self.bn(self.conv(pooled)))
