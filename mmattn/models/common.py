@@ -3,13 +3,16 @@
 * argument checks that raise ``ValueError`` naming the argument,
 * reduction arithmetic (``rd_ratio`` / ``rd_channels`` / ``rd_divisor``),
 * activations and gates chosen by name,
-* global pooling whose statistics are accumulated in fp32 (safe under
-  fp16/bf16 autocast), and the max + mean pooling of CBAM and the Z-pool
-  with a one-pass backward,
+* :func:`fp32_region`, a block with autocast off, and global pooling whose
+  statistics are accumulated in fp32 (safe under fp16/bf16 autocast),
+* pooling and scaling with a hand-written, one-pass backward: the mean of
+  the channel gates, the max + mean of CBAM and the Z-pool
+  (:func:`max_mean_pools`), the channel product (:func:`scale_channels`),
 * :func:`needs_grad`, which picks a module's custom-backward path.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Iterable, Optional, Tuple, Type, Union
 
@@ -156,6 +159,13 @@ def accumulate_dtype(x: torch.Tensor) -> torch.dtype:
     """fp32 for half-precision inputs, the input's dtype otherwise (fp64
     stays fp64)."""
     return torch.promote_types(x.dtype, torch.float32)
+
+
+def fp32_region(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``x``'s device: ops inside run in the dtype
+    of their inputs, so tensors cast with ``.to(accumulate_dtype(x))`` stay
+    in fp32 (or fp64)."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 def spatial_mean(x: torch.Tensor, dims=(2, 3)) -> torch.Tensor:
@@ -315,6 +325,32 @@ def max_mean_pools(x: torch.Tensor,
 def max_mean_pool(x: torch.Tensor, dim: int) -> torch.Tensor:
     """:func:`max_mean_pools` over one dim."""
     return max_mean_pools(x, (dim, ))[0]
+
+
+# --------------------------------------------------------------------------
+# batch norm
+# --------------------------------------------------------------------------
+def batch_norm_state(
+    bn: nn.BatchNorm2d
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], bool, float]:
+    """The running statistics, whether the batch's statistics normalise,
+    and the running-average factor, as ``bn``'s own forward passes them to
+    ``F.batch_norm``; like it, counts the batch in ``num_batches_tracked``
+    in train mode (``momentum=None``: cumulative average). For the modules
+    that call ``torch.native_batch_norm`` themselves, to get the statistics
+    with the output."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and \
+            bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            factor = 1.0 / float(bn.num_batches_tracked)
+    track = not bn.training or bn.track_running_stats
+    running_mean = bn.running_mean if track else None
+    running_var = bn.running_var if track else None
+    use_batch_stats = bn.training or (bn.running_mean is None
+                                      and bn.running_var is None)
+    return running_mean, running_var, use_batch_stats, factor
 
 
 # --------------------------------------------------------------------------

@@ -4,10 +4,11 @@ from typing import Optional
 import mmcv.ops.cc_attention  # noqa: F401  (registers mmcv's version first)
 import torch
 
-from mmattn.models.common import accumulate_dtype, check_positive_int
+from mmattn.models.common import (accumulate_dtype, check_positive_int,
+                                  fp32_region)
 from mmattn.registry import MODELS
 from .base import AttentionModule
-from .self_attention import QKVSelfAttention, fp32_region
+from .self_attention import QKVSelfAttention
 
 
 # mmcv.ops registers its own 'CrissCrossAttention' (one pass, gamma as a

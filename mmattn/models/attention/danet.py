@@ -4,12 +4,12 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from mmattn.models.common import accumulate_dtype, check_choice
+from mmattn.models.common import (accumulate_dtype, check_choice,
+                                  fp32_region)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 from .self_attention import (GatedResidual, QKVSelfAttention,
-                             check_chunk_size, fp32_region,
-                             softmax_attention)
+                             check_chunk_size, softmax_attention)
 
 
 class PositionAttention(QKVSelfAttention):

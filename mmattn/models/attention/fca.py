@@ -8,9 +8,9 @@ import torch.nn as nn
 from mmattn.models.common import (ActLayer, accumulate_dtype,
                                   adaptive_avg_pool2d, check_choice,
                                   check_divisible, check_positive_int,
-                                  create_act, reduced_channels)
+                                  create_act, fp32_region, reduced_channels)
 from mmattn.registry import MODELS
-from .base import AttentionModule
+from .base import ChannelGate
 
 #: The official frequency rankings on a 7x7 DCT grid (FcaNet's
 #: ``get_freq_indices``), as "uv" digit pairs with u along H and v along W:
@@ -68,6 +68,16 @@ def dct_filters(in_channels: int, size: Tuple[int, int],
     return per_freq.repeat_interleave(in_channels // len(freqs), dim=0)
 
 
+def _pooling_transpose(size: int, out_size: int,
+                       like: torch.Tensor) -> torch.Tensor:
+    """(size, out_size) matrix whose column j averages the positions of bin
+    j of adaptive average pooling from ``size`` to ``out_size``: the pooling
+    of an identity matrix, in ``like``'s dtype and device."""
+    eye = torch.eye(size, dtype=like.dtype, device=like.device)
+    return nn.functional.adaptive_avg_pool2d(eye[None, None],
+                                             (size, out_size))[0, 0]
+
+
 def _dct_size(value: Union[int, Sequence[int]]) -> Tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value, value)
@@ -81,7 +91,7 @@ def _dct_size(value: Union[int, Sequence[int]]) -> Tuple[int, int]:
 
 
 @MODELS.register_module()
-class MultiSpectralAttention(AttentionModule):
+class MultiSpectralAttention(ChannelGate):
     """Multi-spectral channel attention (the FcaNet layer).
 
     `FcaNet: Frequency Channel Attention Networks
@@ -119,7 +129,9 @@ class MultiSpectralAttention(AttentionModule):
 
     **Any input size.** The DCT runs at a fixed ``dct_size``; an input of
     another H x W is first adaptive-average-pooled to it, as in the
-    official detection code (ImageNet inputs already match). The default
+    official detection code (ImageNet inputs already match); both steps
+    being linear, they run as one filter per frequency at the input's
+    resolution (:meth:`pooling_filter`). The default
     ``dct_size`` comes from the official per-stage table: for in_channels
     256/512/1024/2048 (``after_conv3`` of a ResNet-50 bottleneck, stages
     1-4) it is 56/28/14/7, for 64/128 (``after_conv1/2`` of stages 1-2)
@@ -174,6 +186,8 @@ class MultiSpectralAttention(AttentionModule):
             dct_filters(in_channels, self.dct_size,
                         self.freqs).to(torch.get_default_dtype()),
             persistent=False)  # (C, dct_h, dct_w)
+        self._filter: Optional[torch.Tensor] = None
+        self._filter_key: Optional[tuple] = None
 
         rd_channels = reduced_channels(in_channels, rd_ratio, rd_channels,
                                        rd_divisor)
@@ -182,20 +196,58 @@ class MultiSpectralAttention(AttentionModule):
         self.fc2 = nn.Linear(rd_channels, in_channels, bias=bias)
         self.gate = create_act(gate_layer, 'gate_layer')
 
+    def pooling_filter(self, x: torch.Tensor) -> torch.Tensor:
+        """The spectral pooling of an H x W input as one filter per
+        frequency, (n, H*W, 1) in x's accumulation dtype: pooling to
+        ``dct_size`` is linear, ``P_H x P_W^T`` with P the (out, in) matrices
+        of adaptive average pooling, so weighting the pooled map by a basis B
+        is weighting x by ``P_H^T B P_W``. Cached for the last input size,
+        dtype and device (and the bases' dtype).
+        """
+        (h, w), dtype = x.shape[2:], accumulate_dtype(x)
+        key = (h, w, dtype, x.device, self.dct_filter.dtype)
+        if self._filter_key != key:
+            basis = self.dct_filter[::self.dct_filter.shape[0] //
+                                    len(self.freqs)]  # (n, dh, dw)
+            basis = basis.to(dtype=dtype, device=x.device)
+            rows = _pooling_transpose(h, self.dct_size[0], basis)  # (H, dh)
+            cols = _pooling_transpose(w, self.dct_size[1], basis)  # (W, dw)
+            with fp32_region(x):
+                filt = torch.einsum('hp,npq,wq->nhw', rows, basis, cols)
+            self._filter = filt.reshape(len(self.freqs), h * w, 1)
+            self._filter_key = key
+        return self._filter
+
     def spectral_pool(self, x: torch.Tensor) -> torch.Tensor:
         """Freq: each channel's DCT coefficient at its part's frequency,
-        shape (B, C), in at least fp32."""
-        pooled = x
-        if x.shape[2:] != self.dct_size:
-            pooled = adaptive_avg_pool2d(x, self.dct_size)  # (B, C, dh, dw)
-        return torch.sum(pooled * self.dct_filter, dim=(2, 3),
-                         dtype=accumulate_dtype(pooled))  # (B, C)
+        shape (B, C), in at least fp32.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        One matrix-vector product per sample and frequency with
+        :meth:`pooling_filter`: x is read once, and its gradient written
+        once. A traced graph (ONNX export, FLOP counts) pools to
+        ``dct_size`` and weights by the bases instead, as the paper writes
+        it, so that it holds the pooling matrices of
+        :func:`~mmattn.models.common.adaptive_avg_pool2d` as constants rather
+        than a filter built within the graph.
+        """
+        if torch.jit.is_tracing():
+            pooled = x
+            if x.shape[2:] != self.dct_size:
+                pooled = adaptive_avg_pool2d(x, self.dct_size)
+            return torch.sum(pooled * self.dct_filter, dim=(2, 3),
+                             dtype=accumulate_dtype(pooled))  # (B, C)
+        b, c, h, w = x.shape
+        filt = self.pooling_filter(x)  # (n, H*W, 1)
+        parts = x.reshape(b, len(self.freqs), -1, h * w)  # (B, n, C/n, H*W)
+        with fp32_region(x):
+            freq = torch.matmul(parts.to(filt.dtype), filt)  # (B, n, C/n, 1)
+        return freq.reshape(b, c)
+
+    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
         freq = self.spectral_pool(x).to(self.fc1.weight.dtype)  # (B, C)
         s = self.gate(self.fc2(self.act(self.fc1(freq))))  # (B, C)
-        return x * s.view(b, c, 1, 1).to(x.dtype)
+        return s.view(b, c, 1, 1).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f'dct_size={self.dct_size}, freq_sel={self.freq_sel!r}'

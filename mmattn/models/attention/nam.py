@@ -3,10 +3,18 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 
-from mmattn.models.common import check_positive_int
+from mmattn.models.common import (accumulate_dtype, batch_norm_state,
+                                  check_positive_int, needs_grad)
 from mmattn.registry import MODELS
 from .base import AttentionModule
+
+#: Elements of a block of channels that :class:`NAMChannelFunction`'s
+#: backward pass handles at a time on the CPU, so that the block's
+#: temporaries stay in cache instead of each making a round trip to memory.
+#: Other devices take all channels at once.
+CPU_BLOCK_NUMEL = 1 << 19
 
 
 def _bn_importance(bn: nn.Module) -> torch.Tensor:
@@ -17,6 +25,119 @@ def _bn_importance(bn: nn.Module) -> torch.Tensor:
     """
     gamma = bn.weight.detach().abs()
     return gamma / gamma.sum().clamp_min(torch.finfo(gamma.dtype).tiny)
+
+
+def _block_size(x: torch.Tensor) -> int:
+    """Channels per block of :class:`NAMChannelFunction`'s backward pass:
+    about :data:`CPU_BLOCK_NUMEL` elements on the CPU, all elsewhere."""
+    channels = x.shape[1]
+    if x.device.type != 'cpu':
+        return channels
+    return max(1, CPU_BLOCK_NUMEL * channels // max(x.numel(), 1))
+
+
+def nam_channel_gate_(y: torch.Tensor, x: torch.Tensor,
+                      importance: torch.Tensor) -> torch.Tensor:
+    """NAM's output ``x * sigmoid(w * y)`` from ``y = BN(x)``, w the
+    ``importance`` (C,): the eager module's operations, so its result bit
+    for bit, done in place in y when the gate keeps y's dtype."""
+    importance = importance.view(1, -1, 1, 1)
+    if torch.result_type(y, importance) != y.dtype:
+        return x * torch.sigmoid(y * importance).to(x.dtype)
+    return y.mul_(importance).sigmoid_().mul_(x)
+
+
+class NAMChannelFunction(torch.autograd.Function):
+    """NAM's channel gate ``x * sigmoid(w * BN(x))`` with a hand-written
+    backward that saves x and per-channel statistics only (autograd's
+    version keeps BN(x), the gate and their products); the gate is
+    recomputed in the backward pass, a block of channels at a time on the
+    CPU (:func:`_block_size`).
+
+    Per channel, with :math:`\\mu, r` the mean and inverse standard
+    deviation that normalise (the batch's in train mode, the running ones in
+    eval mode), :math:`d = x - \\mu`, :math:`\\hat{x} = d r`,
+    :math:`z = w (\\gamma \\hat{x} + \\beta)`, :math:`s = \\sigma(z)`, the
+    importance w held constant (it carries no gradient, see :class:`NAM`),
+    upstream gradient g, :math:`q = g\\, x\\, s (1 - s)` (the gradient of
+    z), :math:`k = w \\gamma r` and means :math:`\\langle \\cdot \\rangle`
+    over the N = B H W positions of the channel:
+
+    .. math::
+
+        \\frac{\\partial L}{\\partial x} = g s + k \\big(q
+            - \\langle q \\rangle - r^2 d \\langle q d \\rangle\\big), \\quad
+        \\frac{\\partial L}{\\partial \\gamma} = w r \\sum q d, \\quad
+        \\frac{\\partial L}{\\partial \\beta} = w \\sum q
+
+    The two mean terms are those of batch statistics; in eval mode
+    :math:`\\partial L / \\partial x = g s + k q`. The forward pass is
+    ``torch.native_batch_norm`` (which also updates the running statistics
+    as ``nn.BatchNorm2d`` does) followed by :func:`nam_channel_gate_`: the
+    eager module's output bit for bit.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor, importance: torch.Tensor, eps: float,
+                running_mean: Optional[torch.Tensor],
+                running_var: Optional[torch.Tensor], use_batch_stats: bool,
+                factor: float) -> torch.Tensor:
+        if use_batch_stats and x.numel() == x.shape[1]:
+            raise ValueError('Expected more than 1 value per channel when '
+                             f'training, got input size {x.size()}')
+        y, mean, invstd = torch.native_batch_norm(x, weight, bias,
+                                                  running_mean, running_var,
+                                                  use_batch_stats, factor, eps)
+        acc = accumulate_dtype(x)
+        if use_batch_stats:
+            mean, invstd = mean.to(acc), invstd.to(acc)
+        else:  # normalised by the running statistics
+            mean = running_mean.to(acc)
+            invstd = torch.rsqrt(running_var.to(acc) + eps)
+        ctx.use_batch_stats = use_batch_stats
+        ctx.save_for_backward(x, weight, bias, importance, mean, invstd)
+        return nam_channel_gate_(y, x, importance)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx,
+                 grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        x, weight, bias, importance, mean, invstd = ctx.saved_tensors
+        b, c, h, w = x.shape
+        dims, num = (0, 2, 3), b * h * w  # N
+        importance = importance.to(mean.dtype)
+        scale = importance * weight.to(mean.dtype) * invstd  # k
+        shift = importance * bias.to(mean.dtype)  # z = k d + shift
+        # -k / N and -k r^2 / N: the factors of sum q and of (sum q d) d in
+        # dL/dx with batch statistics
+        centre = -scale / num
+        slope = centre * invstd.square()
+        channel = torch.stack([mean, scale, shift, centre, slope]).view(
+            5, 1, c, 1, 1)  # per channel, broadcasting over (B, C, H, W)
+        sums = channel.new_empty(2, 1, c, 1, 1)  # sum q, sum q d
+        grad_x = torch.empty_like(x)
+        size = _block_size(x)
+        for x_b, grad_b, out_b, channel_b, sums_b in zip(
+                x.split(size, 1), grad.split(size, 1), grad_x.split(size, 1),
+                channel.split(size, 2), sums.split(size, 2)):
+            mean_b, scale_b, shift_b, centre_b, slope_b = channel_b
+            d = x_b - mean_b  # (B, C_block, H, W)
+            s = (d * scale_b).add_(shift_b).sigmoid_()
+            gs = grad_b * s  # direct term g s
+            q = gs * x_b
+            q.addcmul_(q, s, value=-1)  # q = g x s (1 - s)
+            torch.sum(q, dims, keepdim=True, out=sums_b[0])
+            torch.sum(torch.mul(q, d, out=s), dims, keepdim=True,
+                      out=sums_b[1])
+            if ctx.use_batch_stats:  # - k <q> - k r^2 d <q d>
+                gs.addcmul_(d, slope_b * sums_b[1]).add_(centre_b * sums_b[0])
+            torch.addcmul(gs, q, scale_b, out=out_b)
+        sum_q, sum_qd = sums.view(2, c)
+        grad_weight = importance * invstd * sum_qd  # (C, )
+        grad_bias = importance * sum_q
+        return (grad_x, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype),
+                None, None, None, None, None, None)
 
 
 def _pair(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -55,7 +176,11 @@ class NAM(AttentionModule):
     trained only through :math:`\\hat{x}`. The gate multiplies this
     module's own input x (the conv3 + BN output in a bottleneck), not the
     block's residual. Parameters: 2C per block (30,208 in ResNet-50 at
-    ``after_conv3``).
+    ``after_conv3``). Under autograd it runs as
+    :class:`NAMChannelFunction` (same output bit for bit, same running
+    statistics, a backward pass that keeps only x); inference, tracing and
+    export, and a BN converted to another type (e.g. SyncBN, whose
+    statistics are not this module's to compute), run the plain ops.
 
     **Pixel gate (``spatial=True``).** The paper's spatial sub-module,
     present only in the first official commit (d135ad4, ``Spatial_Att``)
@@ -130,9 +255,14 @@ class NAM(AttentionModule):
             raise ValueError(
                 f'NAM was built with spatial_size={self.spatial_size} for its '
                 f'pixel gate but got an input of H x W = {(h, w)}')
-        weight = _bn_importance(self.channel_bn).view(1, c, 1, 1)
-        gate = torch.sigmoid(self.channel_bn(x) * weight)  # (B, C, H, W)
-        out = x * gate.to(x.dtype)
+        bn = self.channel_bn
+        weight = _bn_importance(bn)  # (C, )
+        if type(bn) is nn.BatchNorm2d and needs_grad(x, bn.weight, bn.bias):
+            out = NAMChannelFunction.apply(x, bn.weight, bn.bias, weight,
+                                           bn.eps, *batch_norm_state(bn))
+        else:
+            gate = torch.sigmoid(bn(x) * weight.view(1, c, 1, 1))
+            out = x * gate.to(x.dtype)  # (B, C, H, W)
         if self.spatial_bn is None:
             return out
         # Positions become BN1d features, normalised over batch and C.

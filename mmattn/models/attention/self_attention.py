@@ -5,8 +5,6 @@
   :func:`torch.nn.functional.scaled_dot_product_attention` (SDPA) or, with
   ``chunk_size``, blocks of queries whose scores and softmax are computed in
   fp32;
-* :func:`fp32_region`: a block in which autocast is off, for statistics that
-  must not be computed in half precision;
 * :class:`GatedResidual`: the zero-initialised residual scale
   :math:`\\gamma` of DANet's two branches and CCNet;
 * :class:`QKVSelfAttention`: the SAGAN-style query / key / value 1x1 convs
@@ -14,7 +12,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -23,14 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from mmattn.models.common import (accumulate_dtype, check_positive_int,
-                                  reduced_channels)
-
-
-def fp32_region(x: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Autocast switched off on ``x``'s device: ops inside run in the dtype
-    of their inputs, so tensors cast with ``.to(accumulate_dtype(x))`` stay
-    in fp32 (or fp64)."""
-    return torch.autocast(device_type=x.device.type, enabled=False)
+                                  fp32_region, reduced_channels)
 
 
 def check_chunk_size(chunk_size: Optional[int]) -> Optional[int]:

@@ -33,7 +33,8 @@ from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
 from mmdet.models.backbones.resnext import Bottleneck as ResNeXtBottleneck
 
 from mmattn.models.attention import ChannelGate
-from mmattn.models.common import NormInput, check_choice, needs_grad
+from mmattn.models.common import (NormInput, batch_norm_state, check_choice,
+                                  needs_grad)
 
 #: Positions inside a block, per block type.
 BASIC_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
@@ -60,22 +61,18 @@ def batch_norm_with_affine(norm: nn.BatchNorm2d, z: torch.Tensor
     In train mode the batch statistics come from the same kernel call as
     the output (``torch.native_batch_norm`` returns them), with the running
     statistics and ``num_batches_tracked`` updated as
-    ``nn.BatchNorm2d.forward`` does; in eval mode they are the running
-    statistics.
+    ``nn.BatchNorm2d.forward`` does (:func:`batch_norm_state`); in eval mode
+    they are the running statistics.
     """
-    if norm.training or norm.running_mean is None:
-        momentum = norm.momentum
-        if norm.training and norm.track_running_stats:
-            norm.num_batches_tracked.add_(1)
-            if momentum is None:  # cumulative moving average
-                momentum = 1. / float(norm.num_batches_tracked)
-        out, mean, invstd = torch.native_batch_norm(
-            z, norm.weight, norm.bias, norm.running_mean, norm.running_var,
-            True, momentum or 0., norm.eps)
-    else:
-        out = norm(z)
-        mean = norm.running_mean
-        invstd = torch.rsqrt(norm.running_var.float() + norm.eps)
+    running_mean, running_var, use_batch_stats, factor = batch_norm_state(
+        norm)
+    out, mean, invstd = torch.native_batch_norm(z, norm.weight, norm.bias,
+                                                running_mean, running_var,
+                                                use_batch_stats, factor,
+                                                norm.eps)
+    if not use_batch_stats:  # normalised by the running statistics
+        mean = running_mean
+        invstd = torch.rsqrt(running_var.float() + norm.eps)
     with torch.no_grad():
         weight, bias = invstd.float(), -mean * invstd
         if norm.affine:
@@ -113,11 +110,13 @@ class _AttentionBlockMixin:
         line after a ``BatchNorm2d`` gets the norm's input and affine
         (:func:`batch_norm_with_affine`), so that its backward keeps ``z``,
         which the norm keeps anyway, rather than ``norm(z)``. Other norms
-        (SyncBN, GN: statistics not the block's to reproduce) and
-        inference take the plain path."""
+        (SyncBN, GN: statistics not the block's to reproduce), a norm with
+        forward hooks (which the kernel call would bypass) and inference
+        take the plain path."""
         gate = getattr(self, plugin_names[0]) if plugin_names else None
-        if not (isinstance(gate, ChannelGate)
-                and type(norm) is nn.BatchNorm2d and needs_grad(z)):
+        hooked = norm._forward_hooks or norm._forward_pre_hooks
+        if not (isinstance(gate, ChannelGate) and type(norm) is nn.BatchNorm2d
+                and needs_grad(z) and not hooked):
             return self.forward_plugin(norm(z), plugin_names)
         x, affine = batch_norm_with_affine(norm, z)
         return self.forward_plugin(gate(x, norm_input=affine),

@@ -1,5 +1,6 @@
 """MultiSpectralAttention (FcaNet) against the paper's 2D DCT pooling,
 computed in float64 loops."""
+import copy
 import math
 
 import pytest
@@ -156,3 +157,90 @@ def test_resnet50_param_count():
     sizes = {m.dct_size for m in with_fca.modules()
              if isinstance(m, MultiSpectralAttention)}
     assert sizes == {(56, 56), (28, 28), (14, 14), (7, 7)}
+
+
+# --------------------------------------------------------------------------
+# spectral pooling through a full-resolution filter
+# --------------------------------------------------------------------------
+def pool_then_dct(layer, x):
+    """The pooling as the paper writes it (and a traced graph computes it):
+    adaptive average pooling to dct_size, then the DCT-weighted sum."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.jit, 'is_tracing', lambda: True)
+        return layer.spectral_pool(x)
+
+
+@pytest.mark.parametrize('size', [(7, 14), (7, 7), (13, 21), (3, 5),
+                                  (1, 1), (30, 29), (64, 96)])
+def test_pooling_filter_equals_pool_then_dct(size):
+    """(7, 14) is dct_size itself (no pooling); the others are pooled
+    down, up, or both."""
+    layer = MultiSpectralAttention(32, dct_size=(7, 14), freq_sel='top16')
+    layer = layer.double()
+    x = torch.randn(2, 32, *size, dtype=torch.float64)
+    torch.testing.assert_close(layer.spectral_pool(x),
+                               pool_then_dct(layer, x), rtol=1e-12,
+                               atol=1e-12)
+    assert layer.pooling_filter(x).shape == (16, size[0] * size[1], 1)
+
+
+def test_pooling_filter_cached_per_size_and_dtype():
+    layer = MultiSpectralAttention(32, dct_size=7)
+    x = torch.randn(2, 32, 13, 21)
+    filt = layer.pooling_filter(x)
+    assert layer.pooling_filter(torch.randn(1, 32, 13, 21)) is filt
+    assert layer.pooling_filter(x.half()) is filt  # fp32 for fp16 inputs
+    other = layer.pooling_filter(torch.randn(2, 32, 14, 21))
+    assert other is not filt and other.shape == (16, 14 * 21, 1)
+    layer.double()
+    assert layer.pooling_filter(x.double()).dtype == torch.float64
+
+
+@pytest.mark.parametrize('size', [(7, 7), (9, 11)])
+def test_gradcheck(size):
+    torch.manual_seed(0)
+    layer = MultiSpectralAttention(16, dct_size=7, rd_channels=4)
+    layer = randomize_(layer).double()
+    x = torch.randn(2, 16, *size, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x, ), fast_mode=True)
+
+
+def test_float32_gradients_match_float64():
+    torch.manual_seed(0)
+    layer = randomize_(MultiSpectralAttention(32, dct_size=7))
+    ref = copy.deepcopy(layer).double()
+    x = torch.randn(2, 32, 13, 21, requires_grad=True)
+    x_ref = x.detach().double().requires_grad_()
+    out, expected = layer(x), reference_fca(x_ref, ref)
+    assert_rel_close(out, expected)
+    grad = torch.randn_like(x)
+    out.backward(grad)
+    expected.backward(grad.double())
+    assert_rel_close(x.grad, x_ref.grad, tol=1e-5)
+    assert_rel_close(layer.fc1.weight.grad, ref.fc1.weight.grad, tol=1e-5)
+
+
+def test_autocast_pools_in_fp32():
+    """The matrix-vector products run outside autocast: no bf16 copy of x,
+    and fp32 coefficients."""
+    torch.manual_seed(0)
+    layer = randomize_(MultiSpectralAttention(32, dct_size=7))
+    x = torch.randn(2, 32, 13, 21) * 100
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        freq = layer.spectral_pool(x)  # builds the filter, in fp32 too
+    assert freq.dtype == layer.pooling_filter(x).dtype == torch.float32
+    torch.testing.assert_close(freq, layer.spectral_pool(x))
+
+
+def test_trace_pools_to_dct_size():
+    """A traced graph pools as the paper writes it, with no filter built
+    within it (nor any other state: torch.jit.trace's check that a second
+    trace gives the same graph passes)."""
+    torch.manual_seed(0)
+    layer = randomize_(MultiSpectralAttention(32, dct_size=7)).eval()
+    x = torch.randn(2, 32, 13, 21)
+    traced = torch.jit.trace(layer, (x, ))
+    graph = str(traced.inlined_graph)
+    assert 'aten::adaptive_avg_pool2d' in graph
+    assert 'aten::matmul' not in graph and 'aten::eye' not in graph
+    torch.testing.assert_close(traced(x), layer(x))

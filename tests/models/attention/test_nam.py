@@ -1,5 +1,6 @@
-"""NAM against the paper's equations, computed in float64, and the L1
-sparsity hook."""
+"""NAM against the paper's equations, computed in float64, its
+hand-written backward against autograd's, and the L1 sparsity hook."""
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -8,6 +9,8 @@ from helpers import assert_rel_close, randomize_
 
 from mmattn.engine.hooks import NAMSparsityHook
 from mmattn.models.attention import NAM
+from mmattn.models.attention import nam as nam_module
+from mmattn.models.attention.nam import NAMChannelFunction
 from mmattn.registry import MODELS
 
 EPS = 1e-5
@@ -251,3 +254,151 @@ def test_sparsity_hook_is_registered_and_validates():
     assert isinstance(hook, NAMSparsityHook) and hook.s == 1e-4
     with pytest.raises(ValueError, match='s must'):
         NAMSparsityHook(s=-1.)
+
+
+# --------------------------------------------------------------------------
+# hand-written backward of the channel gate (NAMChannelFunction)
+# --------------------------------------------------------------------------
+def eager_forward(layer, x):
+    """The module's plain-op path, under autograd as well."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nam_module, 'needs_grad', lambda *tensors: False)
+        return layer(x)
+
+
+@pytest.fixture(params=[None, 1, 4], ids=['blocks_default', 'block1',
+                                           'block4'])
+def channel_blocks(request, monkeypatch):
+    """Sets, for an input's shape, the channels per block of the backward
+    pass: the default (one block at these sizes), one, or four (with a
+    shorter last block)."""
+
+    def use_for(x):
+        if request.param is not None:
+            per_channel = x.numel() // x.shape[1]
+            monkeypatch.setattr(nam_module, 'CPU_BLOCK_NUMEL',
+                                request.param * per_channel)
+        return x
+
+    return use_for
+
+
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+@pytest.mark.parametrize('momentum', [0.1, None])
+@pytest.mark.parametrize('size', [(13, 21), (1, 1)])
+def test_function_forward_and_running_stats_equal_eager(
+        training, momentum, size, channel_blocks):
+    """Output bit for bit and running statistics (momentum None: the
+    cumulative average) exactly as the plain ops give, over three steps;
+    then the gradients of x, gamma and beta."""
+    torch.manual_seed(0)
+    layer = randomize_(NAM(6, momentum=momentum)).train(training)
+    ref = copy.deepcopy(layer)
+    x = channel_blocks(torch.randn(3, 6, *size) * 2 + .5).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    for _ in range(3):
+        out, expected = layer(x), eager_forward(ref, x_ref)
+        assert torch.equal(out, expected)
+    for name in ('running_mean', 'running_var', 'num_batches_tracked'):
+        assert torch.equal(getattr(layer.channel_bn, name),
+                           getattr(ref.channel_bn, name)), name
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    bn, bn_ref = layer.channel_bn, ref.channel_bn
+    for actual, wanted in [(x.grad, x_ref.grad),
+                           (bn.weight.grad, bn_ref.weight.grad),
+                           (bn.bias.grad, bn_ref.bias.grad)]:
+        assert_rel_close(actual, wanted, tol=1e-5)
+
+
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+def test_function_gradcheck(training, channel_blocks):
+    """x, gamma and beta; the importance w is an input held constant, as
+    the module takes it without gradient."""
+    torch.manual_seed(0)
+    x = channel_blocks(torch.randn(2, 5, 3, 4, dtype=torch.float64))
+    x.requires_grad_()
+    gamma = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    beta = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    importance = gamma.detach().abs() / gamma.detach().abs().sum() * 4
+    running_mean = torch.randn(5, dtype=torch.float64)
+    running_var = torch.rand(5, dtype=torch.float64) + .5
+
+    def gate(x, gamma, beta):
+        return NAMChannelFunction.apply(x, gamma, beta, importance, EPS,
+                                        running_mean, running_var,
+                                        training, 0.)
+
+    assert torch.autograd.gradcheck(gate, (x, gamma, beta))
+
+
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+def test_function_matches_paper_equations(training):
+    """Forward and gradients in float32 against the float64 reference."""
+    torch.manual_seed(0)
+    layer = randomize_(NAM(16)).train(training)
+    x = (torch.randn(2, 16, 9, 11) * 2 + .5).requires_grad_()
+    ref_bn = copy.deepcopy(layer.channel_bn).double()
+    x_ref = x.detach().double().requires_grad_()
+    expected = channel_ref(x_ref, ref_bn, training)
+    out = layer(x)
+    assert_rel_close(out, expected)
+    grad = torch.randn_like(x)
+    out.backward(grad)
+    expected.backward(grad.double())
+    assert_rel_close(x.grad, x_ref.grad, tol=1e-5)
+    assert_rel_close(layer.channel_bn.weight.grad, ref_bn.weight.grad,
+                     tol=1e-5)
+    assert_rel_close(layer.channel_bn.bias.grad, ref_bn.bias.grad, tol=1e-5)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+def test_function_half_input(dtype, training):
+    """A half-precision input with an fp32 BN: the plain ops' output bit for
+    bit; the gradients, computed from fp32 statistics, near float64's."""
+    torch.manual_seed(0)
+    layer = randomize_(NAM(16)).train(training)
+    ref = copy.deepcopy(layer)
+    x = (torch.randn(2, 16, 9, 11) * 2 + .5).to(dtype).requires_grad_()
+    out = layer(x)
+    assert out.dtype == dtype
+    assert torch.equal(out, eager_forward(ref, x.detach()))
+    ref_bn = copy.deepcopy(ref.channel_bn).double()
+    x_ref = x.detach().double().requires_grad_()
+    expected = channel_ref(x_ref, ref_bn, training)
+    grad = torch.randn_like(x)
+    out.backward(grad)
+    expected.backward(grad.double())
+    assert x.grad.dtype == dtype
+    tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
+    assert_rel_close(x.grad, x_ref.grad, tol=tol)
+    assert_rel_close(layer.channel_bn.weight.grad, ref_bn.weight.grad,
+                     tol=tol)
+
+
+def test_function_refuses_one_value_per_channel_like_batch_norm():
+    layer = NAM(8).train()
+    x = torch.randn(1, 8, 1, 1, requires_grad=True)
+    with pytest.raises(ValueError, match='more than 1 value per channel'):
+        layer(x)
+    with pytest.raises(ValueError, match='more than 1 value per channel'):
+        eager_forward(layer, x)
+
+
+def test_function_only_for_plain_batch_norm():
+    """Grad mode with a BatchNorm2d takes the Function; a BN of another
+    type (here a subclass standing in for SyncBN) and inference take the
+    plain ops."""
+
+    class OtherBN(torch.nn.BatchNorm2d):
+        pass
+
+    layer = NAM(8)
+    x = torch.randn(2, 8, 3, 3, requires_grad=True)
+    assert type(layer(x).grad_fn).__name__ == 'NAMChannelFunctionBackward'
+    with torch.no_grad():
+        assert layer(x).grad_fn is None
+    layer.channel_bn = OtherBN(8)
+    assert type(layer(x).grad_fn).__name__ != 'NAMChannelFunctionBackward'
