@@ -295,10 +295,13 @@ class _MaxMeanPool(torch.autograd.Function):
         return grad_x, None
 
 
-def _max_mean(x: torch.Tensor, dim: int):
+def _max_mean(x: torch.Tensor, dim: int, argmax: bool = True):
     """``cat[max, mean]`` over ``dim`` (keepdim) in at least fp32, and the
-    argmax."""
-    values, indices = x.max(dim=dim, keepdim=True)
+    argmax (None without ``argmax``: ``amax`` is the faster kernel)."""
+    if argmax:
+        values, indices = x.max(dim=dim, keepdim=True)
+    else:
+        values, indices = x.amax(dim=dim, keepdim=True), None
     mean = x.mean(dim=dim, keepdim=True, dtype=accumulate_dtype(x))
     return torch.cat([values.to(mean.dtype), mean], dim=dim), indices
 
@@ -319,7 +322,7 @@ def max_mean_pools(x: torch.Tensor,
     dims = tuple(d % x.dim() for d in dims)
     if needs_grad(x):
         return _MaxMeanPool.apply(x, dims)
-    return tuple(_max_mean(x, dim)[0] for dim in dims)
+    return tuple(_max_mean(x, dim, argmax=False)[0] for dim in dims)
 
 
 def max_mean_pool(x: torch.Tensor, dim: int) -> torch.Tensor:
