@@ -212,7 +212,7 @@ def spatial_mean_var(x: torch.Tensor, dims=(2, 3), correction: int = 0):
 # --------------------------------------------------------------------------
 # ONNX-exportable adaptive pooling
 # --------------------------------------------------------------------------
-def _adaptive_pool_matrix(in_size: int, out_size: int,
+def adaptive_pool_matrix(in_size: int, out_size: int,
                           like: torch.Tensor) -> torch.Tensor:
     """(out_size, in_size) matrix averaging the bins of adaptive pooling:
     row i covers ``[floor(i * in / out), ceil((i + 1) * in / out))``. Built
@@ -239,8 +239,8 @@ def adaptive_avg_pool2d(x: torch.Tensor, output_size) -> torch.Tensor:
         return torch.nn.functional.adaptive_avg_pool2d(x, output_size)
     out_h, out_w = (output_size, output_size) if isinstance(
         output_size, int) else output_size
-    rows = _adaptive_pool_matrix(x.shape[-2], out_h, x)  # (oh, H)
-    cols = _adaptive_pool_matrix(x.shape[-1], out_w, x)  # (ow, W)
+    rows = adaptive_pool_matrix(x.shape[-2], out_h, x)  # (oh, H)
+    cols = adaptive_pool_matrix(x.shape[-1], out_w, x)  # (ow, W)
     return torch.einsum('ph,bchw,qw->bcpq', rows, x, cols)  # (B, C, oh, ow)
 
 

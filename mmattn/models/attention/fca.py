@@ -6,8 +6,9 @@ import torch
 import torch.nn as nn
 
 from mmattn.models.common import (ActLayer, accumulate_dtype,
-                                  adaptive_avg_pool2d, check_choice,
-                                  check_divisible, check_positive_int,
+                                  adaptive_avg_pool2d, adaptive_pool_matrix,
+                                  check_choice, check_divisible,
+                                  check_positive_int,
                                   create_act, fp32_region, reduced_channels)
 from mmattn.registry import MODELS
 from .base import ChannelGate
@@ -66,16 +67,6 @@ def dct_filters(in_channels: int, size: Tuple[int, int],
         for u, v in freqs
     ])  # (F, H, W)
     return per_freq.repeat_interleave(in_channels // len(freqs), dim=0)
-
-
-def _pooling_transpose(size: int, out_size: int,
-                       like: torch.Tensor) -> torch.Tensor:
-    """(size, out_size) matrix whose column j averages the positions of bin
-    j of adaptive average pooling from ``size`` to ``out_size``: the pooling
-    of an identity matrix, in ``like``'s dtype and device."""
-    eye = torch.eye(size, dtype=like.dtype, device=like.device)
-    return nn.functional.adaptive_avg_pool2d(eye[None, None],
-                                             (size, out_size))[0, 0]
 
 
 def _dct_size(value: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -210,10 +201,10 @@ class MultiSpectralAttention(ChannelGate):
             basis = self.dct_filter[::self.dct_filter.shape[0] //
                                     len(self.freqs)]  # (n, dh, dw)
             basis = basis.to(dtype=dtype, device=x.device)
-            rows = _pooling_transpose(h, self.dct_size[0], basis)  # (H, dh)
-            cols = _pooling_transpose(w, self.dct_size[1], basis)  # (W, dw)
+            rows = adaptive_pool_matrix(h, self.dct_size[0], basis)  # (dh, H)
+            cols = adaptive_pool_matrix(w, self.dct_size[1], basis)  # (dw, W)
             with fp32_region(x):
-                filt = torch.einsum('hp,npq,wq->nhw', rows, basis, cols)
+                filt = torch.einsum('ph,npq,qw->nhw', rows, basis, cols)
             self._filter = filt.reshape(len(self.freqs), h * w, 1)
             self._filter_key = key
         return self._filter
