@@ -65,6 +65,19 @@ def test_one_pretraining_config_per_attention_and_depth():
     assert 'eca_resnet50_8xb32_in1k.py' in PRETRAIN_CONFIGS
 
 
+def test_every_handoff_checkpoint_names_its_pretraining_config():
+    """tools/train.py reads back, from the checkpoint each detection config
+    names, the pretraining config that writes it."""
+    from mmattn.engine.launch import PRETRAINED_HANDOFF
+    for attention in GEN.ATTENTIONS:
+        for depth in GEN.DEPTHS:
+            checkpoint = GEN.pretrained_init(attention, depth)['checkpoint']
+            handoff = PRETRAINED_HANDOFF.search(checkpoint)
+            assert handoff['name'] + '.py' == GEN.pretrain_name(
+                attention, depth)
+            assert 'r' + handoff['depth'] == depth
+
+
 @pytest.mark.parametrize('name', PRETRAIN_CONFIGS)
 def test_config_builds_with_the_detection_backbone_keys(name):
     attention, arch = name.split('_')[:2]

@@ -128,11 +128,28 @@ def merge_cfg_options(cfg: Config, options: Optional[Dict[str, Any]]) -> None:
         import_modules_from_strings(**cfg.custom_imports)
 
 
-#: The checkpoint a detection config names for its backbone: the last one
-#: of ``tools/train.py configs/pretrain/<name>.py`` (default work dir).
+#: The ImageNet recipe of every pretraining config (8 GPUs x 32 images).
+PRETRAIN_RECIPE = '8xb32_in1k'
+
+
+def pretrain_config_name(attention: str, depth: int) -> str:
+    """Name of the ``configs/pretrain/`` config (and of its default work
+    dir) of the attention ResNet, e.g. ``eca_resnet50_8xb32_in1k``."""
+    return f'{attention}_resnet{depth}_{PRETRAIN_RECIPE}'
+
+
+def pretrained_checkpoint(attention: str, depth: int, epochs: int) -> str:
+    """The checkpoint a detection config names for its backbone: the last
+    one that ``tools/train.py configs/pretrain/<name>.py`` writes to its
+    default work dir (matched by :data:`PRETRAINED_HANDOFF`)."""
+    return (f'work_dirs/{pretrain_config_name(attention, depth)}/'
+            f'epoch_{epochs}.pth')
+
+
+#: :func:`pretrained_checkpoint`'s paths, naming the config and the depth.
 PRETRAINED_HANDOFF = re.compile(
-    r'(^|/)work_dirs/(?P<name>\w+_resnet(?P<depth>\d+)_8xb32_in1k)/'
-    r'epoch_\d+\.pth$')
+    r'(^|/)work_dirs/(?P<name>\w+_resnet(?P<depth>\d+)_' +
+    re.escape(PRETRAIN_RECIPE) + r')/epoch_\d+\.pth$')
 
 
 def resolve_pretrained_backbone(cfg: Config) -> None:

@@ -356,6 +356,35 @@ def batch_norm_state(
     return running_mean, running_var, use_batch_stats, factor
 
 
+def batch_norm_with_stats(
+    x: torch.Tensor, weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor], eps: float,
+    running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
+    use_batch_stats: bool, factor: float
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch norm of ``x`` and the (C,) mean and inverse standard deviation
+    that normalised it, in :func:`accumulate_dtype`.
+
+    The last four arguments are :func:`batch_norm_state`'s. With batch
+    statistics (train mode) they come from the same
+    ``torch.native_batch_norm`` call as the output, which also updates the
+    running statistics as ``nn.BatchNorm2d`` does; otherwise they are the
+    running statistics. Like ``F.batch_norm``, refuses batch statistics of
+    a single value per channel.
+    """
+    if use_batch_stats and x.numel() == x.shape[1]:
+        raise ValueError('Expected more than 1 value per channel when '
+                         f'training, got input size {x.size()}')
+    out, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean,
+                                                running_var, use_batch_stats,
+                                                factor, eps)
+    acc = accumulate_dtype(x)
+    if use_batch_stats:
+        return out, mean.to(acc), invstd.to(acc)
+    # normalised by the running statistics
+    return out, running_mean.to(acc), torch.rsqrt(running_var.to(acc) + eps)
+
+
 # --------------------------------------------------------------------------
 # channel scaling
 # --------------------------------------------------------------------------

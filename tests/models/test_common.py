@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 
 from mmattn.models.backbones.blocks import batch_norm_with_affine
-from mmattn.models.common import (max_mean_pool, max_mean_pools,
+from mmattn.models.common import (batch_norm_state, batch_norm_with_stats,
+                                  max_mean_pool, max_mean_pools,
                                   scale_channels, spatial_mean)
 
 
@@ -113,3 +114,30 @@ def test_batch_norm_with_affine_is_batch_norm(training, momentum):
         assert source is z
         torch.testing.assert_close(
             z * weight[:, None, None] + bias[:, None, None], out)
+
+
+@pytest.mark.parametrize('training', [True, False])
+def test_batch_norm_with_stats_returns_the_normalising_statistics(training):
+    torch.manual_seed(0)
+    norm = nn.BatchNorm2d(3).train(training)
+    norm.running_mean.normal_()
+    norm.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 4, 5) * 2 + 1
+    if training:
+        var, mean = torch.var_mean(x, (0, 2, 3), correction=0)
+    else:
+        var, mean = norm.running_var.clone(), norm.running_mean.clone()
+    out, got_mean, invstd = batch_norm_with_stats(x, norm.weight, norm.bias,
+                                                  norm.eps,
+                                                  *batch_norm_state(norm))
+    torch.testing.assert_close(got_mean, mean)
+    torch.testing.assert_close(invstd, torch.rsqrt(var + norm.eps))
+    torch.testing.assert_close(
+        out, (x - mean[:, None, None]) * invstd[:, None, None])
+
+
+def test_batch_norm_with_stats_refuses_one_value_per_channel():
+    norm = nn.BatchNorm2d(3)
+    with pytest.raises(ValueError, match='more than 1 value per channel'):
+        batch_norm_with_stats(torch.randn(1, 3, 1, 1), norm.weight,
+                              norm.bias, norm.eps, *batch_norm_state(norm))

@@ -27,6 +27,8 @@ import re
 import sys
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
+from mmattn.engine.launch import pretrain_config_name, pretrained_checkpoint
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG_DIR = osp.join(ROOT, 'configs')
 SNIPPET_DIR = osp.join(CONFIG_DIR, '_base_', 'attention')
@@ -130,17 +132,16 @@ PRETRAIN_EPOCHS = 100
 def pretrain_name(attention: str, depth: str) -> str:
     """``configs/pretrain/`` file of the attention network of ``depth``,
     e.g. ``eca_resnet50_8xb32_in1k.py``."""
-    return f'{attention}_resnet{depth[1:]}_8xb32_in1k.py'
+    return pretrain_config_name(attention, int(depth[1:])) + '.py'
 
 
 def pretrained_init(attention: str, depth: str) -> dict:
-    """The detection backbone's ``init_cfg``: the last checkpoint that
-    ``tools/train.py configs/pretrain/<name>`` writes to its default
-    work dir, the classifier's ``backbone.`` keys."""
-    work_dir = osp.splitext(pretrain_name(attention, depth))[0]
+    """The detection backbone's ``init_cfg``: the last checkpoint of the
+    pretraining config, the classifier's ``backbone.`` keys (the name that
+    ``tools/train.py`` recognises and explains while the file is missing)."""
     return dict(type='Pretrained', prefix='backbone.',
-                checkpoint=f'work_dirs/{work_dir}/epoch_{PRETRAIN_EPOCHS}'
-                '.pth')
+                checkpoint=pretrained_checkpoint(attention, int(depth[1:]),
+                                                 PRETRAIN_EPOCHS))
 
 
 def snippet_backbone_type(attention: str,

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from mmattn.models.common import (accumulate_dtype, batch_norm_state,
+from mmattn.models.common import (batch_norm_state, batch_norm_with_stats,
                                   check_positive_int, needs_grad)
 from mmattn.registry import MODELS
 from .base import AttentionModule
@@ -72,8 +72,9 @@ class NAMChannelFunction(torch.autograd.Function):
 
     The two mean terms are those of batch statistics; in eval mode
     :math:`\\partial L / \\partial x = g s + k q`. The forward pass is
-    ``torch.native_batch_norm`` (which also updates the running statistics
-    as ``nn.BatchNorm2d`` does) followed by :func:`nam_channel_gate_`: the
+    :func:`~mmattn.models.common.batch_norm_with_stats` (one
+    ``torch.native_batch_norm`` call, running statistics updated as
+    ``nn.BatchNorm2d`` does) followed by :func:`nam_channel_gate_`: the
     eager module's output bit for bit.
     """
 
@@ -83,18 +84,9 @@ class NAMChannelFunction(torch.autograd.Function):
                 running_mean: Optional[torch.Tensor],
                 running_var: Optional[torch.Tensor], use_batch_stats: bool,
                 factor: float) -> torch.Tensor:
-        if use_batch_stats and x.numel() == x.shape[1]:
-            raise ValueError('Expected more than 1 value per channel when '
-                             f'training, got input size {x.size()}')
-        y, mean, invstd = torch.native_batch_norm(x, weight, bias,
-                                                  running_mean, running_var,
-                                                  use_batch_stats, factor, eps)
-        acc = accumulate_dtype(x)
-        if use_batch_stats:
-            mean, invstd = mean.to(acc), invstd.to(acc)
-        else:  # normalised by the running statistics
-            mean = running_mean.to(acc)
-            invstd = torch.rsqrt(running_var.to(acc) + eps)
+        y, mean, invstd = batch_norm_with_stats(x, weight, bias, eps,
+                                                running_mean, running_var,
+                                                use_batch_stats, factor)
         ctx.use_batch_stats = use_batch_stats
         ctx.save_for_backward(x, weight, bias, importance, mean, invstd)
         return nam_channel_gate_(y, x, importance)

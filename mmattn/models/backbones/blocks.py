@@ -33,7 +33,8 @@ from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
 from mmdet.models.backbones.resnext import Bottleneck as ResNeXtBottleneck
 
 from mmattn.models.attention import ChannelGate
-from mmattn.models.common import (NormInput, batch_norm_state, check_choice,
+from mmattn.models.common import (NormInput, batch_norm_state,
+                                  batch_norm_with_stats, check_choice,
                                   needs_grad)
 
 #: Positions inside a block, per block type.
@@ -56,25 +57,14 @@ def build_attention(cfg: dict, in_channels: int, postfix=''):
 def batch_norm_with_affine(norm: nn.BatchNorm2d, z: torch.Tensor
                            ) -> Tuple[torch.Tensor, NormInput]:
     """``norm(z)`` and ``(z, w, b)`` with ``norm(z) = w * z + b`` per
-    channel (w, b: (C,), fp32, no grad).
-
-    In train mode the batch statistics come from the same kernel call as
-    the output (``torch.native_batch_norm`` returns them), with the running
+    channel (w, b: (C,), fp32 or wider, no grad), from the statistics that
+    :func:`batch_norm_with_stats` returns with the output (running
     statistics and ``num_batches_tracked`` updated as
-    ``nn.BatchNorm2d.forward`` does (:func:`batch_norm_state`); in eval mode
-    they are the running statistics.
-    """
-    running_mean, running_var, use_batch_stats, factor = batch_norm_state(
-        norm)
-    out, mean, invstd = torch.native_batch_norm(z, norm.weight, norm.bias,
-                                                running_mean, running_var,
-                                                use_batch_stats, factor,
-                                                norm.eps)
-    if not use_batch_stats:  # normalised by the running statistics
-        mean = running_mean
-        invstd = torch.rsqrt(running_var.float() + norm.eps)
+    ``nn.BatchNorm2d.forward`` does)."""
+    out, mean, invstd = batch_norm_with_stats(z, norm.weight, norm.bias,
+                                              norm.eps, *batch_norm_state(norm))
     with torch.no_grad():
-        weight, bias = invstd.float(), -mean * invstd
+        weight, bias = invstd, -mean * invstd
         if norm.affine:
             weight = weight * norm.weight
             bias = bias * norm.weight + norm.bias
