@@ -20,7 +20,8 @@ Three levels (issue 7):
 
 **Timing.** Every run is repeated and the median reported. The module, its
 peer and the floor (or the plain model) are measured *interleaved*, one run
-of each per round, so that machine noise hits all of them alike. Forward is
+of each per round, so that machine noise hits all of them alike; a time
+ratio is the median of the per-round ratios (:meth:`Row.ratio`). Forward is
 timed in train mode with autograd off (``torch.no_grad``); forward +
 backward with autograd on, backward from a fixed random output gradient.
 
@@ -485,11 +486,16 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
 
 @dataclass
 class Measurement:
-    """Median time (s) over the repeats and peak memory (bytes) of one
-    implementation in one mode."""
+    """Times (s) of the timed rounds, in round order, and peak memory
+    (bytes) of one implementation in one mode."""
 
-    time_s: float
+    times: Tuple[float, ...]
     peak_bytes: int
+
+    @property
+    def time_s(self) -> float:
+        """Median time over the rounds."""
+        return statistics.median(self.times)
 
 
 def measure_interleaved(fns: Dict[str, Callable[[], object]],
@@ -520,7 +526,7 @@ def measure_interleaved(fns: Dict[str, Callable[[], object]],
         for label in labels[shift:] + labels[:shift]:
             times[label].append(time_call(fns[label], device))
     return {
-        label: Measurement(statistics.median(times[label]),
+        label: Measurement(tuple(times[label]),
                            peak_memory(fns[label], device))
         for label in labels
     }
@@ -583,14 +589,23 @@ class Row:
 
     def ratio(self, mode: str, quantity: str, against: str) -> float:
         """``quantity`` (``'time'`` or ``'memory'``) of ``mode`` relative
-        to ``against`` (``'floor'`` or ``'peer'``); NaN if not measured."""
+        to ``against`` (``'floor'`` or ``'peer'``); NaN if not measured.
+
+        A time ratio is the median of the per-round ratios: the two calls
+        of a round ran back to back, so a slow stretch of the machine
+        (another process, frequency scaling) divides out, where a ratio of
+        medians would take it in whole when it hits more rounds of one
+        side."""
         reference = (self.floor_runs if against == 'floor' else
                      self.peer_runs).get(mode)
         if reference is None or mode not in self.runs:
             return math.nan
-        attr = 'time_s' if quantity == 'time' else 'peak_bytes'
-        denominator = getattr(reference, attr)
-        return getattr(self.runs[mode], attr) / denominator if denominator \
+        if quantity == 'time':
+            return statistics.median(
+                t / r if r else math.nan
+                for t, r in zip(self.runs[mode].times, reference.times))
+        denominator = reference.peak_bytes
+        return self.runs[mode].peak_bytes / denominator if denominator \
             else math.nan
 
 

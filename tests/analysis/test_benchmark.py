@@ -8,7 +8,8 @@ import torch
 from analysis_tools import load_tool
 
 from mmattn.analysis.benchmark import (FWD, FWD_BWD, MODULES, TRAIN,
-                                       module_shapes, peak_memory)
+                                       Measurement, Row, module_shapes,
+                                       peak_memory)
 
 BENCHMARK = load_tool('benchmark')
 
@@ -73,3 +74,14 @@ def test_cpu_peak_memory_counts_what_is_alive_at_once():
 def test_unknown_module_is_rejected(tmp_path):
     with pytest.raises(SystemExit, match='unknown modules'):
         BENCHMARK.main(['--modules', 'XYZ', '--out-dir', str(tmp_path)])
+
+
+def test_time_ratio_pairs_the_calls_of_a_round():
+    """A slow stretch in the rounds (the third here) divides out of the
+    per-round ratios; a ratio of medians would read 2.2."""
+    row = Row('backbone', 'SE', '2x3x64x64', 'plain',
+              {TRAIN: Measurement((1.1, 2.2, 5.5), 200)},
+              {TRAIN: Measurement((1.0, 2.0, 1.0), 100)})
+    assert row.ratio(TRAIN, 'time', 'peer') == pytest.approx(1.1)
+    assert row.ratio(TRAIN, 'memory', 'peer') == 2.0
+    assert math.isnan(row.ratio(TRAIN, 'time', 'floor'))
