@@ -36,3 +36,22 @@ def shapes_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('shapes'))
     generate_shapes_coco(root, num_train=8, num_val=4, image_size=96)
     return root
+
+
+@pytest.fixture(params=[None, 1, 2],
+                ids=['blocks_default', 'block1', 'block2'])
+def channel_blocks(request, monkeypatch):
+    """Sets, for an input's shape, the channels per block of the
+    hand-written CPU passes (:func:`mmattn.models.common.channel_blocks`):
+    the default (one block at test sizes), one, or two (a shorter last
+    block for an odd channel count)."""
+    from mmattn.models import common
+
+    def use_for(x):
+        if request.param is not None:
+            per_channel = x.numel() // x.shape[1]
+            monkeypatch.setattr(common, 'CPU_BLOCK_NUMEL',
+                                request.param * per_channel)
+        return x
+
+    return use_for

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterable, Optional, Tuple, Type, Union
+from typing import Iterable, Iterator, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -202,11 +202,26 @@ class _SpatialMean(torch.autograd.Function):
         return (grad / ctx.num).to(ctx.dtype).expand(ctx.shape), None
 
 
-def spatial_mean_var(x: torch.Tensor, dims=(2, 3), correction: int = 0):
-    """Mean and variance over ``dims`` (keepdim) in at least fp32."""
-    var, mean = torch.var_mean(x.to(accumulate_dtype(x)), dim=dims,
-                               keepdim=True, correction=correction)
-    return mean, var
+def spatial_mean_var(x: torch.Tensor, correction: int = 0
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance over H x W, (B, C, 1, 1) each, in at least fp32;
+    the variance divides by HW - ``correction``.
+
+    Two passes over x: the mean, then the squared deviations from it summed
+    a block of planes at a time (:func:`channel_blocks`), so the deviations
+    stay in cache. ``torch.var_mean``'s one-pass (Welford) kernel is some
+    30x slower than this on the CPU.
+    """
+    acc = accumulate_dtype(x)
+    b, c, h, w = x.shape
+    mean = x.mean((2, 3), keepdim=True, dtype=acc)  # (B, C, 1, 1)
+    planes = x.reshape(1, b * c, h * w)  # a view unless channels_last
+    var = mean.new_empty(1, b * c)
+    for x_b, mean_b, var_b in channel_blocks(planes, mean.view(1, b * c, 1),
+                                             var):
+        deviation = x_b.to(acc) - mean_b  # (1, planes of the block, H*W)
+        torch.linalg.vecdot(deviation, deviation, out=var_b)
+    return mean, var.view(b, c, 1, 1).div_(h * w - correction)
 
 
 # --------------------------------------------------------------------------
@@ -388,29 +403,86 @@ def batch_norm_with_stats(
 # --------------------------------------------------------------------------
 # channel scaling
 # --------------------------------------------------------------------------
-def _per_channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(a * b).sum((2, 3))`` without the full-size product: one batched
-    dot product per (sample, channel). (B, C, H, W) x2 -> (B, C)."""
-    return torch.einsum('bchw,bchw->bc', a, b)
+#: Elements of a block of channels that the hand-written backward passes
+#: handle at a time on the CPU (:func:`channel_block_size`), so that a
+#: block's temporaries stay in cache instead of each making a round trip to
+#: memory.
+CPU_BLOCK_NUMEL = 1 << 18
+
+
+def channel_block_size(x: torch.Tensor) -> int:
+    """Channels (dim 1) per block of about :data:`CPU_BLOCK_NUMEL` elements
+    of ``x`` on the CPU; all channels on other devices, whose kernels do not
+    gain from it."""
+    channels = x.shape[1]
+    if x.device.type != 'cpu':
+        return channels
+    return max(1, CPU_BLOCK_NUMEL * channels // max(x.numel(), 1))
+
+
+def channel_blocks(*tensors: torch.Tensor) -> Iterator[Tuple[torch.Tensor,
+                                                             ...]]:
+    """The tensors, each with the first one's channels in dim 1 (full-size
+    maps, (B, C, 1, 1) statistics, outputs to fill), split alike into
+    blocks of :func:`channel_block_size` channels of the first: for the
+    hand-written passes that keep a block's temporaries in cache."""
+    size = channel_block_size(tensors[0])
+    return zip(*(t.split(size, 1) for t in tensors))
+
+
+def _planes_contiguous(x: torch.Tensor) -> bool:
+    """Whether each (sample, channel) H x W plane of ``x`` is one
+    contiguous run of memory, so ``x.flatten(2)`` is a view."""
+    return x.stride(3) == 1 and x.stride(2) == x.shape[3]
+
+
+def _per_channel_sums(
+        grad: torch.Tensor, x: torch.Tensor,
+        with_grad_sum: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(grad * x).sum((2, 3))`` and, if ``with_grad_sum``,
+    ``grad.sum((2, 3))``, (B, C) each, without the full-size product.
+
+    One dot product per (sample, channel), a block of channels at a time on
+    the CPU (:func:`channel_block_size`): the block of ``grad`` is read from
+    memory once for both sums, and a batched matrix product would run
+    B x C tiny ones (2-3x slower at detection shapes). Other layouts
+    (channels_last) take one ``einsum``.
+    """
+    if not (_planes_contiguous(grad) and _planes_contiguous(x)):
+        return (torch.einsum('bchw,bchw->bc', grad, x),
+                grad.sum((2, 3), dtype=accumulate_dtype(grad))
+                if with_grad_sum else None)
+    dots = grad.new_empty(grad.shape[:2])  # (B, C)
+    sums = grad.new_empty(grad.shape[:2], dtype=accumulate_dtype(grad))
+    for g, v, dot, total in channel_blocks(grad, x, dots, sums):
+        g = g.flatten(2)  # (B, C_block, H*W), a view
+        torch.linalg.vecdot(g, v.flatten(2), out=dot)
+        if with_grad_sum:
+            torch.sum(g, 2, dtype=total.dtype, out=total)
+    if not with_grad_sum:
+        return dots, None
+    return dots, sums
 
 
 class _ScaleChannels(torch.autograd.Function):
-    """``x * scale`` for a (B, C, 1, 1) ``scale``, keeping for the backward
-    either ``x`` or, when ``x = weight * source + bias`` per channel (the
-    output of a BatchNorm whose input autograd keeps anyway), only that
-    affine. Gradients, with upstream g:
+    """``x * scale (+ residual)`` for a (B, C, 1, 1) ``scale``, keeping for
+    the backward either ``x`` or, when ``x = weight * source + bias`` per
+    channel (the output of a BatchNorm whose input autograd keeps anyway),
+    only that affine. Gradients, with upstream g:
 
     .. math::
 
         \\frac{\\partial L}{\\partial x} = g\\, s, \\qquad
         \\frac{\\partial L}{\\partial s_{bc}} = \\sum_{hw} g\\, x
-        = w_c \\sum_{hw} g\\, z + b_c \\sum_{hw} g
+        = w_c \\sum_{hw} g\\, z + b_c \\sum_{hw} g, \\qquad
+        \\frac{\\partial L}{\\partial r} = g
 
     each sum one pass over memory, never a full-size product.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, scale: torch.Tensor,
+                residual: Optional[torch.Tensor],
                 source: Optional[torch.Tensor],
                 weight: Optional[torch.Tensor],
                 bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -418,7 +490,7 @@ class _ScaleChannels(torch.autograd.Function):
             ctx.save_for_backward(scale, x, None, None)
         else:
             ctx.save_for_backward(scale, source, weight, bias)
-        return x * scale
+        return _product(x, scale, residual)
 
     @staticmethod
     @once_differentiable
@@ -426,13 +498,24 @@ class _ScaleChannels(torch.autograd.Function):
         scale, source, weight, bias = ctx.saved_tensors
         grad_scale = None
         if ctx.needs_input_grad[1]:
-            grad_scale = _per_channel_dot(grad, source)  # (B, C)
+            # (B, C) each
+            grad_scale, grad_sum = _per_channel_sums(grad, source,
+                                                     weight is not None)
             if weight is not None:
                 grad_scale = grad_scale.to(weight.dtype) * weight + \
-                    grad.sum((2, 3), dtype=weight.dtype) * bias
+                    grad_sum.to(weight.dtype) * bias
             grad_scale = grad_scale.reshape(scale.shape).to(scale.dtype)
         grad_x = grad * scale if ctx.needs_input_grad[0] else None
-        return grad_x, grad_scale, None, None, None
+        grad_residual = grad if ctx.needs_input_grad[2] else None
+        return grad_x, grad_scale, grad_residual, None, None, None
+
+
+def _product(x: torch.Tensor, scale: torch.Tensor,
+             residual: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x * scale``, or ``residual + x * scale`` in one pass."""
+    if residual is None:
+        return x * scale
+    return torch.addcmul(residual, x, scale)
 
 
 NormInput = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -440,24 +523,27 @@ NormInput = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 def scale_channels(x: torch.Tensor,
                    scale: torch.Tensor,
-                   norm_input: Optional[NormInput] = None) -> torch.Tensor:
+                   norm_input: Optional[NormInput] = None,
+                   residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x * scale``, the last step of every channel gate: (B, C, H, W) x
-    (B, C, 1, 1).
+    (B, C, 1, 1); ``residual + x * scale`` in one pass when a residual
+    block hands its shortcut as ``residual`` (the gate's product and the
+    block's sum are then one write of the output instead of two).
 
     Under autograd the gradient of ``scale`` is one batched dot product
     per channel instead of a full-size product and a sum. ``norm_input =
     (z, w, b)``, with ``x = w * z + b`` per channel (``x`` a BatchNorm's
     output, ``z`` its input: see
-    :func:`~mmattn.models.backbones.blocks.norm_input`), lets the backward
-    keep ``z``, which the BatchNorm keeps anyway, instead of ``x``: a
-    channel gate after the last norm of a residual block then adds no
-    full-size tensor to the training memory. Without autograd (inference,
-    tracing, export) it is the plain product.
+    :func:`~mmattn.models.backbones.blocks.batch_norm_with_affine`), lets
+    the backward keep ``z``, which the BatchNorm keeps anyway, instead of
+    ``x``: a channel gate after the last norm of a residual block then adds
+    no full-size tensor to the training memory. Without autograd (inference,
+    tracing, export) it is the plain product (and sum).
     """
     if not needs_grad(x, scale):
-        return x * scale
+        return _product(x, scale, residual)
     if norm_input is None:
-        return _ScaleChannels.apply(x, scale, None, None, None)
+        return _ScaleChannels.apply(x, scale, residual, None, None, None)
     source, weight, bias = norm_input
-    return _ScaleChannels.apply(x, scale, source, weight.view(1, -1),
-                                bias.view(1, -1))
+    return _ScaleChannels.apply(x, scale, residual, source,
+                                weight.view(1, -1), bias.view(1, -1))

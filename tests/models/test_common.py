@@ -4,10 +4,12 @@ import pytest
 import torch
 import torch.nn as nn
 
+from mmattn.models import common
 from mmattn.models.backbones.blocks import batch_norm_with_affine
 from mmattn.models.common import (batch_norm_state, batch_norm_with_stats,
                                   max_mean_pool, max_mean_pools,
-                                  scale_channels, spatial_mean)
+                                  scale_channels, spatial_mean,
+                                  spatial_mean_var)
 
 
 def _views(x):
@@ -88,8 +90,15 @@ def test_scale_channels_gradcheck(via_norm):
     x = (z * weight[:, None, None] + bias[:, None, None]).requires_grad_()
     scale = torch.rand(2, 3, 1, 1, dtype=torch.float64, requires_grad=True)
     affine = (z, weight, bias) if via_norm else None
+    residual = torch.randn_like(z, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda x_, s_: scale_channels(x_, s_, affine), (x, scale))
+    assert torch.autograd.gradcheck(
+        lambda x_, s_, r_: scale_channels(x_, s_, affine, r_),
+        (x, scale, residual))
+    with torch.no_grad():
+        torch.testing.assert_close(scale_channels(x, scale, affine, residual),
+                                   x * scale + residual)
 
 
 @pytest.mark.parametrize('training,momentum', [(True, 0.1), (True, None),
@@ -141,3 +150,35 @@ def test_batch_norm_with_stats_refuses_one_value_per_channel():
     with pytest.raises(ValueError, match='more than 1 value per channel'):
         batch_norm_with_stats(torch.randn(1, 3, 1, 1), norm.weight,
                               norm.bias, norm.eps, *batch_norm_state(norm))
+
+
+@pytest.mark.parametrize('block_numel', [None, 65, 1])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_per_channel_sums_in_blocks(block_numel, channels_last, monkeypatch):
+    """The blocked dot products and sums (one block, blocks of one
+    channel, a shorter last block) equal the full-size product's sums."""
+    if block_numel is not None:
+        monkeypatch.setattr(common, 'CPU_BLOCK_NUMEL', block_numel)
+    grad, x = torch.randn(2, 2, 7, 5, 3, dtype=torch.float64).unbind(0)
+    if channels_last:
+        grad = grad.contiguous(memory_format=torch.channels_last)
+    dots, sums = common._per_channel_sums(grad, x, True)
+    torch.testing.assert_close(dots, (grad * x).sum((2, 3)))
+    torch.testing.assert_close(sums, grad.sum((2, 3)))
+    assert common._per_channel_sums(grad, x, False)[1] is None
+
+
+@pytest.mark.parametrize('correction', [0, 1])
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'half'])
+def test_spatial_mean_var_is_var_mean(correction, layout, channel_blocks):
+    x = channel_blocks(torch.randn(2, 5, 7, 6) * 3 + 2)
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == 'half':
+        x = x.half()
+    mean, var = spatial_mean_var(x, correction)
+    assert mean.dtype == var.dtype == torch.float32
+    expected_var, expected_mean = torch.var_mean(
+        x.float(), (2, 3), keepdim=True, correction=correction)
+    torch.testing.assert_close(mean, expected_mean)
+    torch.testing.assert_close(var, expected_var)

@@ -49,7 +49,9 @@ class ChannelGate(AttentionModule):
     places the gate right after a BatchNorm passes ``norm_input`` (the
     norm's input and affine), so that training keeps that input, which the
     norm keeps anyway, instead of the gate's input: the gate then costs no
-    full-size activation memory.
+    full-size activation memory. A block whose last step the gate is also
+    passes its shortcut as ``residual``: the output is then
+    ``residual + x * s``, written once.
     """
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,5 +60,7 @@ class ChannelGate(AttentionModule):
 
     def forward(self,
                 x: torch.Tensor,
-                norm_input: Optional[NormInput] = None) -> torch.Tensor:
-        return scale_channels(x, self.channel_weights(x), norm_input)
+                norm_input: Optional[NormInput] = None,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return scale_channels(x, self.channel_weights(x), norm_input,
+                              residual)

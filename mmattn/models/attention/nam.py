@@ -6,16 +6,10 @@ import torch.nn as nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from mmattn.models.common import (batch_norm_state, batch_norm_with_stats,
-                                  check_positive_int, needs_grad)
+                                  channel_block_size, check_positive_int,
+                                  needs_grad)
 from mmattn.registry import MODELS
 from .base import AttentionModule
-
-#: Elements of a block of channels that :class:`NAMChannelFunction`'s
-#: backward pass handles at a time on the CPU, so that the block's
-#: temporaries stay in cache instead of each making a round trip to memory.
-#: Other devices take all channels at once.
-CPU_BLOCK_NUMEL = 1 << 19
-
 
 def _bn_importance(bn: nn.Module) -> torch.Tensor:
     """NAM's weight factors |gamma_i| / sum_j |gamma_j| of ``bn``, taken
@@ -25,15 +19,6 @@ def _bn_importance(bn: nn.Module) -> torch.Tensor:
     """
     gamma = bn.weight.detach().abs()
     return gamma / gamma.sum().clamp_min(torch.finfo(gamma.dtype).tiny)
-
-
-def _block_size(x: torch.Tensor) -> int:
-    """Channels per block of :class:`NAMChannelFunction`'s backward pass:
-    about :data:`CPU_BLOCK_NUMEL` elements on the CPU, all elsewhere."""
-    channels = x.shape[1]
-    if x.device.type != 'cpu':
-        return channels
-    return max(1, CPU_BLOCK_NUMEL * channels // max(x.numel(), 1))
 
 
 def nam_channel_gate_(y: torch.Tensor, x: torch.Tensor,
@@ -52,7 +37,7 @@ class NAMChannelFunction(torch.autograd.Function):
     backward that saves x and per-channel statistics only (autograd's
     version keeps BN(x), the gate and their products); the gate is
     recomputed in the backward pass, a block of channels at a time on the
-    CPU (:func:`_block_size`).
+    CPU (:func:`~mmattn.models.common.channel_block_size`).
 
     Per channel, with :math:`\\mu, r` the mean and inverse standard
     deviation that normalise (the batch's in train mode, the running ones in
@@ -109,7 +94,7 @@ class NAMChannelFunction(torch.autograd.Function):
             5, 1, c, 1, 1)  # per channel, broadcasting over (B, C, H, W)
         sums = channel.new_empty(2, 1, c, 1, 1)  # sum q, sum q d
         grad_x = torch.empty_like(x)
-        size = _block_size(x)
+        size = channel_block_size(x)
         for x_b, grad_b, out_b, channel_b, sums_b in zip(
                 x.split(size, 1), grad.split(size, 1), grad_x.split(size, 1),
                 channel.split(size, 2), sums.split(size, 2)):

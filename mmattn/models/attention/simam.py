@@ -4,7 +4,7 @@ from typing import Tuple
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from mmattn.models.common import needs_grad, spatial_mean_var
+from mmattn.models.common import channel_blocks, needs_grad, spatial_mean_var
 from mmattn.registry import MODELS
 from .base import AttentionModule
 
@@ -71,7 +71,7 @@ class SimAM(AttentionModule):
 def simam_statistics(x: torch.Tensor,
                      e_lambda: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-channel :math:`\\mu` and :math:`1 / (4 (v + \\lambda))`,
-    (B, C, 1, 1) in at least fp32, from one ``var_mean`` pass; the variance
+    (B, C, 1, 1) in at least fp32 (:func:`spatial_mean_var`); the variance
     has divisor HW - 1, or HW on a 1x1 map (see :class:`SimAM`)."""
     n = x.shape[2] * x.shape[3] - 1
     mean, var = spatial_mean_var(x, correction=1 if n > 0 else 0)
@@ -80,18 +80,21 @@ def simam_statistics(x: torch.Tensor,
 
 def simam_forward(x: torch.Tensor, mean: torch.Tensor,
                   inv: torch.Tensor) -> torch.Tensor:
-    """:math:`x \\cdot \\sigma((x - \\mu)^2 \\cdot inv + 1/2)` with one
-    full-size allocation: the gate is built in place and, when it has x's
-    dtype, multiplied by x in place."""
-    gate = (x - mean).square_().mul_(inv).add_(0.5).sigmoid_()
-    if gate.dtype == x.dtype:
-        return gate.mul_(x)
-    return x * gate.to(x.dtype)
+    """:math:`x \\cdot \\sigma((x - \\mu)^2 \\cdot inv + 1/2)`, a block of
+    channels at a time on the CPU (:func:`channel_blocks`), so that the
+    gate's temporaries stay in cache: memory sees one read of x and one
+    write of the output."""
+    out = torch.empty_like(x)
+    for x_b, mean_b, inv_b, out_b in channel_blocks(x, mean, inv, out):
+        gate = (x_b - mean_b).square_().mul_(inv_b).add_(0.5).sigmoid_()
+        torch.mul(x_b, gate.to(x.dtype), out=out_b)
+    return out
 
 
 class SimAMFunction(torch.autograd.Function):
     """SimAM with a hand-written backward that saves only x and the
-    (B, C, 1, 1) statistics; the gate is recomputed in the backward pass.
+    (B, C, 1, 1) statistics; the gate is recomputed in the backward pass, a
+    block of channels at a time on the CPU (:func:`channel_blocks`).
 
     With :math:`d = x - \\mu`, :math:`s = \\sigma(d^2 r + 1/2)`,
     :math:`r = 1 / (4 (v + \\lambda))`, :math:`v = \\sum d^2 / n`,
@@ -123,18 +126,28 @@ class SimAMFunction(torch.autograd.Function):
                  grad: torch.Tensor) -> Tuple[torch.Tensor, None]:
         x, mean, inv = ctx.saved_tensors
         num = x.shape[2] * x.shape[3]
-        n = max(num - 1, 1)
-        dims = (2, 3)
-        xf = x.to(mean.dtype)
-        d = xf - mean
-        s = d.square().mul_(inv).add_(0.5).sigmoid_()  # the gate
-        gs = grad.to(mean.dtype) * s  # direct term g s
-        qd = gs * xf
-        qd.addcmul_(qd, s, value=-1).mul_(d)  # q d = g x s (1 - s) d
-        sum_qd = qd.sum(dims, keepdim=True)
-        sum_qdd = torch.mul(qd, d, out=s).sum(dims, keepdim=True)
-        # g s + 2 r q d - (2 r / N) sum(q d) - (8 r^2 / n) sum(q d^2) d
-        gs.addcmul_(qd, inv, value=2.)
-        d.mul_(inv.square() * sum_qdd * (8. / n)).add_(
-            inv * sum_qd * (2. / num))
-        return gs.sub_(d).to(x.dtype), None
+        grad_x = torch.empty_like(x)
+        for blocks in channel_blocks(x, grad, mean, inv, grad_x):
+            _grad_block(*blocks, num)
+        return grad_x, None
+
+
+def _grad_block(x: torch.Tensor, grad: torch.Tensor, mean: torch.Tensor,
+                inv: torch.Tensor, out: torch.Tensor, num: int) -> None:
+    """:class:`SimAMFunction`'s gradient of one block of channels into
+    ``out``; ``num`` = N, the positions per channel."""
+    n = max(num - 1, 1)
+    dims = (2, 3)
+    xf = x.to(mean.dtype)
+    d = xf - mean
+    s = d.square().mul_(inv).add_(0.5).sigmoid_()  # the gate
+    gs = grad.to(mean.dtype) * s  # direct term g s
+    qd = gs * xf
+    qd.addcmul_(qd, s, value=-1).mul_(d)  # q d = g x s (1 - s) d
+    sum_qd = qd.sum(dims, keepdim=True)
+    sum_qdd = torch.mul(qd, d, out=s).sum(dims, keepdim=True)
+    # g s + 2 r q d - (2 r / N) sum(q d) - (8 r^2 / n) sum(q d^2) d
+    gs.addcmul_(qd, inv, value=2.)
+    d.mul_(inv.square() * sum_qdd * (8. / n)).add_(
+        inv * sum_qd * (2. / num))
+    out.copy_(gs.sub_(d))

@@ -13,7 +13,8 @@ mmdet's ``Bottleneck`` takes plugins after conv1/conv2/conv3 only, and its
 * a lean path for a channel gate right after the block's last norm
   (:class:`~mmattn.models.attention.ChannelGate`, e.g. SE, ECA): the gate
   is handed the norm's input and affine (:func:`batch_norm_with_affine`),
-  so that training keeps no copy of the norm's output for its backward;
+  so that training keeps no copy of the norm's output for its backward,
+  and the shortcut, to add in the pass of its product;
 * a replacement of the block's strided 3x3 conv (``attn_conv``, e.g.
   :class:`~mmattn.models.backbones.SKConv`, :class:`PSAConv`): conv2 of a
   Bottleneck, conv1 of a BasicBlock (as timm's SK-ResNet-18/34). A
@@ -94,23 +95,30 @@ class _AttentionBlockMixin:
             x = getattr(self, name)(x)
         return x
 
-    def norm_then_plugins(self, z: torch.Tensor, norm: nn.Module,
-                          plugin_names: List[str]) -> torch.Tensor:
-        """``forward_plugin(norm(z))``. A :class:`ChannelGate` first in
-        line after a ``BatchNorm2d`` gets the norm's input and affine
-        (:func:`batch_norm_with_affine`), so that its backward keeps ``z``,
-        which the norm keeps anyway, rather than ``norm(z)``. Other norms
-        (SyncBN, GN: statistics not the block's to reproduce), a norm with
-        forward hooks (which the kernel call would bypass) and inference
-        take the plain path."""
+    def norm_plugins_add(self, z: torch.Tensor, norm: nn.Module,
+                         plugin_names: List[str],
+                         identity: torch.Tensor) -> torch.Tensor:
+        """``forward_plugin(norm(z), plugin_names) + identity``: the end of
+        a residual block before its final ReLU.
+
+        A :class:`ChannelGate` first in line after a ``BatchNorm2d`` gets
+        the norm's input and affine (:func:`batch_norm_with_affine`), so
+        that its backward keeps ``z``, which the norm keeps anyway, rather
+        than ``norm(z)``; when it is also the last plugin, the shortcut
+        too, to add in the same pass as its product. Other norms (SyncBN,
+        GN: statistics not the block's to reproduce), a norm with forward
+        hooks (which the kernel call would bypass) and inference take the
+        plain path."""
         gate = getattr(self, plugin_names[0]) if plugin_names else None
         hooked = norm._forward_hooks or norm._forward_pre_hooks
         if not (isinstance(gate, ChannelGate) and type(norm) is nn.BatchNorm2d
                 and needs_grad(z) and not hooked):
-            return self.forward_plugin(norm(z), plugin_names)
+            return self.forward_plugin(norm(z), plugin_names) + identity
         x, affine = batch_norm_with_affine(norm, z)
+        if len(plugin_names) == 1:
+            return gate(x, norm_input=affine, residual=identity)
         return self.forward_plugin(gate(x, norm_input=affine),
-                                   plugin_names[1:])
+                                   plugin_names[1:]) + identity
 
     def add_after_block(self, cfg: dict) -> str:
         """Append a module applied to the block's output (after its final
@@ -184,11 +192,11 @@ class AttentionBasicBlock(_AttentionBlockMixin, BasicBlock):
             if self.norm1_name is not None:
                 out = self.relu(self.norm1(out))
             out = self.forward_plugin(out, self.after_conv1_plugin_names)
-            out = self.norm_then_plugins(self.conv2(out), self.norm2,
-                                         self.after_conv2_plugin_names)
             if self.downsample is not None:
                 identity = self.downsample(x)
-            return out + identity
+            return self.norm_plugins_add(self.conv2(out), self.norm2,
+                                         self.after_conv2_plugin_names,
+                                         identity)
 
         if self.with_cp and x.requires_grad:
             out = cp.checkpoint(_inner_forward, x, use_reentrant=False)
@@ -234,11 +242,11 @@ class AttentionBottleneck(_AttentionBlockMixin, Bottleneck):
             if self.norm2_name is not None:
                 out = self.relu(self.norm2(out))
             out = self.forward_plugin(out, self.after_conv2_plugin_names)
-            out = self.norm_then_plugins(self.conv3(out), self.norm3,
-                                         self.after_conv3_plugin_names)
             if self.downsample is not None:
                 identity = self.downsample(x)
-            return out + identity
+            return self.norm_plugins_add(self.conv3(out), self.norm3,
+                                         self.after_conv3_plugin_names,
+                                         identity)
 
         if self.with_cp and x.requires_grad:
             out = cp.checkpoint(_inner_forward, x, use_reentrant=False)

@@ -266,23 +266,6 @@ def eager_forward(layer, x):
         return layer(x)
 
 
-@pytest.fixture(params=[None, 1, 4], ids=['blocks_default', 'block1',
-                                           'block4'])
-def channel_blocks(request, monkeypatch):
-    """Sets, for an input's shape, the channels per block of the backward
-    pass: the default (one block at these sizes), one, or four (with a
-    shorter last block)."""
-
-    def use_for(x):
-        if request.param is not None:
-            per_channel = x.numel() // x.shape[1]
-            monkeypatch.setattr(nam_module, 'CPU_BLOCK_NUMEL',
-                                request.param * per_channel)
-        return x
-
-    return use_for
-
-
 @pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
 @pytest.mark.parametrize('momentum', [0.1, None])
 @pytest.mark.parametrize('size', [(13, 21), (1, 1)])

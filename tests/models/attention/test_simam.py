@@ -78,25 +78,26 @@ def test_adds_no_parameters_to_resnet50():
 
 @pytest.mark.parametrize('size', [(3, 5), (7, 7), (2, 1), (1, 1)])
 @pytest.mark.parametrize('e_lambda', [1e-4, 0.1])
-def test_custom_backward_gradcheck(size, e_lambda):
+def test_custom_backward_gradcheck(size, e_lambda, channel_blocks):
     """The hand-written backward of SimAMFunction against finite
     differences (float64)."""
     torch.manual_seed(0)
-    x = (torch.randn(2, 3, *size, dtype=torch.float64) * 3 + 1
-         ).requires_grad_()
+    x = channel_blocks(torch.randn(2, 3, *size, dtype=torch.float64) * 3 +
+                       1).requires_grad_()
     assert torch.autograd.gradcheck(
         lambda t: SimAMFunction.apply(t, e_lambda), (x, ))
 
 
-def test_training_path_matches_autograd_of_reference():
+def test_training_path_matches_autograd_of_reference(channel_blocks):
     """Training (custom backward) and inference give the eager module's
     output; the input gradient is autograd's through the energy formula."""
     torch.manual_seed(0)
-    x = (torch.randn(2, 4, 6, 5, dtype=torch.float64) * 2).requires_grad_()
+    x = channel_blocks(torch.randn(2, 5, 6, 5, dtype=torch.float64) *
+                       2).requires_grad_()
     grad = torch.randn_like(x)
-    out = SimAM(4, e_lambda=0.1)(x)
+    out = SimAM(5, e_lambda=0.1)(x)
     out.backward(grad)
     with torch.no_grad():
-        assert torch.equal(SimAM(4, e_lambda=0.1)(x), out)
+        assert torch.equal(SimAM(5, e_lambda=0.1)(x), out)
     expected_grad, = torch.autograd.grad(reference_simam(x, 0.1), x, grad)
     assert_rel_close(x.grad, expected_grad)
