@@ -5,8 +5,9 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from mmattn.models.common import (check_divisible, check_positive_int,
-                                  needs_grad, spatial_mean, spatial_mean_var)
+from mmattn.models.common import (channel_blocks, check_divisible,
+                                  check_positive_int, needs_grad,
+                                  spatial_mean, spatial_mean_var)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 
@@ -116,8 +117,11 @@ def sge_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     b, c, h, w = x.shape
     xg = x.view(b, groups, c // groups, h, w)  # (B, G, C/G, H, W)
     g = spatial_mean(xg, dims=(3, 4))  # (B, G, C/G, 1, 1), fp32
-    # Similarity of each position to its group's global descriptor.
-    sim = (xg * g).sum(dim=2)  # (B, G, H, W), fp32
+    # Similarity of each position to its group's global descriptor: one
+    # (1, C/G) x (C/G, H*W) product per sample and group.
+    sim = torch.matmul(g.view(b, groups, 1, c // groups),
+                       xg.to(g.dtype).flatten(3))  # (B, G, 1, H*W), fp32
+    sim = sim.view(b, groups, h, w)  # (B, G, H, W)
     # Unbiased std as official; a 1x1 map has std 0 (see SGE).
     mean, var = spatial_mean_var(sim, correction=1 if h * w > 1 else 0)
     # Flooring var keeps sqrt's gradient finite on constant maps.
@@ -175,30 +179,48 @@ class SGEFunction(torch.autograd.Function):
                             None]:
         x, weight, bias, g, t, std, var = ctx.saved_tensors
         b, c, h, w = x.shape
-        num = h * w
-        n = num - 1 if num > 1 else num
-        acc = t.dtype
-        xg = x.view(b, ctx.groups, c // ctx.groups, h, w).to(acc)
-        grad_g = grad.reshape(xg.shape).to(acc)  # (B, G, C/G, H, W)
-        s = torch.sigmoid(t * weight + bias)  # (B, G, H, W)
-        da = (grad_g * xg).sum(dim=2).mul_(s).mul_(1 - s)  # dL/da
-        grad_weight = (da * t).sum(dim=(0, 2, 3), keepdim=True)
-        grad_bias = da.sum(dim=(0, 2, 3), keepdim=True)
-        denom = std + ctx.eps
-        dt = da.mul_(weight)  # dL/dt
-        # dL/dstd = -sum(dt * t) / denom; std = sqrt(max(var, tiny)).
-        dvar = (dt * t).sum(dim=(2, 3), keepdim=True).div_(denom).neg_()
-        dvar = dvar.div_(2 * std).mul_(var >= torch.finfo(acc).tiny)
-        # dL/dsim: direct term (centred), then the variance path, with
-        # sim - mean = t * denom.
-        dsim = dt.div_(denom)
-        dsim = dsim.sub_(dsim.mean(dim=(2, 3), keepdim=True)).addcmul_(
-            t, dvar * denom * (2. / n))
-        grad_x = grad_g * s.unsqueeze(2)  # G s
-        grad_x.addcmul_(dsim.unsqueeze(2), g)  # through sim = sum_c x g
-        # through g = mean(x): sum_i dsim_i x_ci / HW
-        dg = torch.einsum('bgchw,bghw->bgc', xg, dsim).div_(num)
-        grad_x.add_(dg[..., None, None])
-        return (grad_x.view(b, c, h, w).to(x.dtype),
-                grad_weight.to(weight.dtype), grad_bias.to(bias.dtype), None,
-                None)
+        shape = g.shape[:3] + (h, w)  # (B, G, C/G, H, W)
+        grad_x = torch.empty_like(x)
+        grad_weight = torch.empty_like(weight, dtype=t.dtype)
+        grad_bias = torch.empty_like(bias, dtype=t.dtype)
+        for blocks in channel_blocks(x.view(shape), grad.view(shape),
+                                     weight, bias, g, t, std, var,
+                                     grad_x.view(shape), grad_weight,
+                                     grad_bias):
+            _grad_block(*blocks, ctx.eps)
+        return (grad_x, grad_weight.to(weight.dtype),
+                grad_bias.to(bias.dtype), None, None)
+
+
+def _grad_block(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor, g: torch.Tensor, t: torch.Tensor,
+                std: torch.Tensor, var: torch.Tensor, grad_x: torch.Tensor,
+                grad_weight: torch.Tensor, grad_bias: torch.Tensor,
+                eps: float) -> None:
+    """:class:`SGEFunction`'s gradients for one block of groups (dim 1 of
+    every argument), written into ``grad_x``, ``grad_weight`` and
+    ``grad_bias``."""
+    num = x.shape[3] * x.shape[4]
+    n = num - 1 if num > 1 else num
+    acc = t.dtype
+    x, grad = x.to(acc), grad.to(acc)  # (B, G_block, C/G, H, W)
+    s = torch.sigmoid(t * weight + bias)  # (B, G_block, H, W)
+    da = (grad * x).sum(dim=2).mul_(s).mul_(1 - s)  # dL/da
+    torch.sum(da * t, dim=(0, 2, 3), keepdim=True, out=grad_weight)
+    torch.sum(da, dim=(0, 2, 3), keepdim=True, out=grad_bias)
+    denom = std + eps
+    dt = da.mul_(weight)  # dL/dt
+    # dL/dstd = -sum(dt * t) / denom; std = sqrt(max(var, tiny)).
+    dvar = (dt * t).sum(dim=(2, 3), keepdim=True).div_(denom).neg_()
+    dvar = dvar.div_(2 * std).mul_(var >= torch.finfo(acc).tiny)
+    # dL/dsim: direct term (centred), then the variance path, with
+    # sim - mean = t * denom.
+    dsim = dt.div_(denom)
+    dsim = dsim.sub_(dsim.mean(dim=(2, 3), keepdim=True)).addcmul_(
+        t, dvar * denom * (2. / n))
+    # through g = mean(x): sum_i dsim_i x_ci / HW, (B, G_block, C/G, 1, 1)
+    dg = torch.einsum('bgchw,bghw->bgc', x, dsim).div_(num)[..., None, None]
+    # G s + dsim g (through sim = sum_c x g) + dg
+    out = torch.addcmul(dg, dsim.unsqueeze(2), g).addcmul_(grad,
+                                                           s.unsqueeze(2))
+    grad_x.copy_(out)

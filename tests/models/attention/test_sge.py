@@ -114,24 +114,25 @@ def test_resnet50_param_count():
 
 
 @pytest.mark.parametrize('size', [(3, 5), (4, 4), (1, 4), (1, 1)])
-def test_custom_backward_gradcheck(size):
+def test_custom_backward_gradcheck(size, channel_blocks):
     """The hand-written backward of SGEFunction (input, gamma, beta)
     against finite differences (float64)."""
     torch.manual_seed(0)
-    x = (torch.randn(2, 8, *size, dtype=torch.float64) * 2 + 0.5
-         ).requires_grad_()
+    x = channel_blocks(torch.randn(2, 8, *size, dtype=torch.float64) * 2 +
+                       0.5).requires_grad_()
     weight = torch.randn(1, 4, 1, 1, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(1, 4, 1, 1, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda *args: SGEFunction.apply(*args, 4, 1e-5), (x, weight, bias))
 
 
-def test_training_path_matches_autograd_of_reference():
+def test_training_path_matches_autograd_of_reference(channel_blocks):
     """Training (custom backward) and inference give the same output; all
     gradients are autograd's through the paper's equations."""
     torch.manual_seed(0)
     layer = randomize_(SGE(32, groups=8)).double()
-    x = torch.randn(2, 32, 5, 6, dtype=torch.float64, requires_grad=True)
+    x = channel_blocks(torch.randn(2, 32, 5, 6, dtype=torch.float64)
+                       ).requires_grad_()
     grad = torch.randn_like(x)
     out = layer(x)
     out.backward(grad)
