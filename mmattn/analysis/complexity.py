@@ -172,6 +172,8 @@ EXTRA_HANDLES: Dict[str, Any] = {
     **{op: input_elements for op in REDUCTION_OPS},
     'aten::scaled_dot_product_attention': sdpa_flops,
     'aten::einsum': einsum_flops,
+    # dot products along the last dim: one MAC per element of an operand
+    'aten::linalg_vecdot': input_elements,
 }
 
 

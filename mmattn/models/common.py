@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterable, Iterator, Optional, Tuple, Type, Union
+from typing import (Iterable, Iterator, Optional, Sequence, Tuple, Type,
+                    Union)
 
 import torch
 import torch.nn as nn
@@ -547,3 +548,101 @@ def scale_channels(x: torch.Tensor,
     source, weight, bias = norm_input
     return _ScaleChannels.apply(x, scale, residual, source,
                                 weight.view(1, -1), bias.view(1, -1))
+
+
+class _ScaleByMaps(torch.autograd.Function):
+    """:func:`scale_by_maps` under autograd: saves x and the small maps,
+    never the full-size gate; forward and backward run a block of channels
+    at a time (:func:`channel_block_size`), the gate rebuilt in cache. With
+    :math:`m = \\sum_i m_i / k` and upstream g:
+
+    .. math::
+
+        \\frac{\\partial L}{\\partial x} = g\\, m, \\qquad
+        \\frac{\\partial L}{\\partial m_i} = \\frac{1}{k}
+            \\sum_{\\text{dims } m_i \\text{ broadcasts over}} g\\, x
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, divisor: float,
+                *maps: torch.Tensor) -> torch.Tensor:
+        ctx.divisor = divisor
+        ctx.save_for_backward(x, *maps)
+        out = torch.empty_like(x)
+        for (x_b, out_b), maps_b in _map_blocks([x, out], maps):
+            torch.mul(x_b, _maps_gate(maps_b, divisor, x.dtype), out=out_b)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, *maps = ctx.saved_tensors
+        grad_x = torch.empty_like(x)
+        # a map without channels sums over all blocks: zeros to add into
+        grad_maps = [m.new_zeros(m.shape) if m.shape[1] == 1 else
+                     torch.empty_like(m) for m in maps]
+        # the dims each map broadcasts over, summed in its gradient
+        sum_dims = [[d for d in range(4) if m.shape[d] == 1 < x.shape[d]]
+                    for m in maps]
+        for (x_b, g_b, gx_b), pairs in _map_blocks(
+                [x, grad, grad_x], zip(maps, grad_maps)):
+            gate = _maps_gate([m for m, _ in pairs], ctx.divisor, x.dtype)
+            torch.mul(g_b, gate, out=gx_b)
+            product = g_b * x_b  # (B, C_block, H, W)
+            for (m, grad_m), dims in zip(pairs, sum_dims):
+                # (an empty dim list would sum over all dims)
+                part = product.sum(dims, keepdim=True, dtype=m.dtype) \
+                    if dims else product.to(m.dtype, copy=True)
+                part = part.div_(ctx.divisor)
+                if 1 in dims:  # summed over all the blocks
+                    grad_m.add_(part)
+                else:
+                    grad_m.copy_(part)
+        return (grad_x, None, *grad_maps)
+
+
+def _map_blocks(full: Sequence[torch.Tensor], maps: Iterable):
+    """Blocks of channels of the full-size tensors, each with the maps
+    (items of ``maps``: a tensor or a tuple of tensors) cut to the block,
+    or whole when they have no channels."""
+    maps = list(maps)
+    size = channel_block_size(full[0])
+    start = 0
+    for block in zip(*(t.split(size, 1) for t in full)):
+        width = block[0].shape[1]
+        yield block, [_cut(item, start, width) for item in maps]
+        start += width
+
+
+def _cut(item, start: int, width: int):
+    if isinstance(item, tuple):
+        return tuple(_cut(t, start, width) for t in item)
+    return item if item.shape[1] == 1 else item.narrow(1, start, width)
+
+
+def _maps_gate(maps: Sequence[torch.Tensor], divisor: float,
+               dtype: torch.dtype) -> torch.Tensor:
+    """``(m_1 + ... + m_k) / divisor`` broadcast, in ``dtype``: the
+    eager modules' operations, so their results bit for bit."""
+    gate = maps[0]
+    for m in maps[1:]:
+        gate = gate + m
+    if divisor != 1:
+        gate = gate / divisor
+    return gate.to(dtype)
+
+
+def scale_by_maps(x: torch.Tensor, maps: Sequence[torch.Tensor],
+                  divisor: float = 1) -> torch.Tensor:
+    """``x * (maps[0] + maps[1] + ...) / divisor``, maps (in at least x's
+    precision) broadcasting against x (B, C, H, W), e.g. CBAM's (B, 1, H,
+    W) spatial gate or Triplet attention's three branch maps.
+
+    Under autograd (:class:`_ScaleByMaps`) training keeps x and the maps,
+    not the full-size gate autograd would keep, and the maps' gradients are
+    summed a block of channels at a time without a full-size product.
+    Without autograd (inference, tracing, export) it is the plain product.
+    """
+    if not needs_grad(x, *maps):
+        return x * _maps_gate(maps, divisor, x.dtype)
+    return _ScaleByMaps.apply(x, divisor, *maps)

@@ -8,8 +8,8 @@ from mmattn.models import common
 from mmattn.models.backbones.blocks import batch_norm_with_affine
 from mmattn.models.common import (batch_norm_state, batch_norm_with_stats,
                                   max_mean_pool, max_mean_pools,
-                                  scale_channels, spatial_mean,
-                                  spatial_mean_var)
+                                  scale_by_maps, scale_channels,
+                                  spatial_mean, spatial_mean_var)
 
 
 def _views(x):
@@ -182,3 +182,24 @@ def test_spatial_mean_var_is_var_mean(correction, layout, channel_blocks):
         x.float(), (2, 3), keepdim=True, correction=correction)
     torch.testing.assert_close(mean, expected_mean)
     torch.testing.assert_close(var, expected_var)
+
+
+@pytest.mark.parametrize('divisor', [1, 3])
+def test_scale_by_maps_gradcheck_and_values(divisor, channel_blocks):
+    """Triplet's three branch maps (and CBAM's one): the eager product bit
+    for bit, gradients against finite differences, in channel blocks."""
+    torch.manual_seed(0)
+    x = channel_blocks(torch.randn(2, 5, 4, 3, dtype=torch.float64))
+    maps = [torch.rand(2, 5, 1, 3, dtype=torch.float64),
+            torch.rand(2, 5, 4, 1, dtype=torch.float64),
+            torch.rand(2, 1, 4, 3, dtype=torch.float64)]
+    maps = maps if divisor == 3 else maps[2:]
+    for t in [x, *maps]:
+        t.requires_grad_()
+    expected = x * (sum(maps[1:], maps[0]) / divisor)
+    assert torch.equal(scale_by_maps(x, maps, divisor), expected)
+    with torch.no_grad():
+        assert torch.equal(scale_by_maps(x, maps, divisor), expected)
+    assert torch.autograd.gradcheck(
+        lambda *args: scale_by_maps(args[0], args[1:], divisor),
+        (x, *maps))

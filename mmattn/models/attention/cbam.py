@@ -4,8 +4,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from mmattn.models.common import (ActLayer, create_act, reduced_channels,
-                                  max_mean_pool, scale_channels)
+from mmattn.models.common import (ActLayer, create_act, max_mean_pool,
+                                  reduced_channels, scale_by_maps,
+                                  scale_channels)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 from .zpool_gate import ZPoolGate
@@ -107,4 +108,4 @@ class CBAM(AttentionModule):
             x.dtype))
         if self.spatial_gate is None:
             return x
-        return x * self.spatial_gate(x).to(x.dtype)  # (B, 1, H, W) gate
+        return scale_by_maps(x, [self.spatial_gate(x)])  # (B, 1, H, W) gate

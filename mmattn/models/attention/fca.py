@@ -110,7 +110,8 @@ class MultiSpectralAttention(ChannelGate):
     (0, 0) gives :math:`\\sqrt{HW}\\,\\mathrm{GAP}(x)`. The bases are a
     non-learned buffer, rebuilt from the arguments and kept out of state
     dicts (official checkpoints store it as ``dct_layer.weight``; drop that
-    key when converting). The FCs are SE's with r = 16 and **no biases** (official).
+    key when converting). The FCs are SE's with r = 16 and **no biases**
+    (official).
 
     **Frequencies.** ``freq_sel`` picks the first n of an official ranking
     of the 7x7 DCT grid ('top16' default, the paper's best); (u, v) on a

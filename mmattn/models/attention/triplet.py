@@ -2,7 +2,7 @@
 import torch
 
 from mmattn.models.common import (ActLayer, check_positive_int,
-                                  max_mean_pools)
+                                  max_mean_pools, scale_by_maps)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 from .zpool_gate import ZPoolGate
@@ -92,8 +92,8 @@ class TripletAttention(AttentionModule):
         # H-C branch: (B, 2, H, C) -> map (B, 1, H, C) -> (B, C, H, 1)
         map_hc = self.hc.gate_pooled(
             pooled[1].permute(0, 3, 2, 1).contiguous()).permute(0, 3, 2, 1)
-        maps = map_cw + map_hc  # (B, C, H, W), a fresh tensor: in-place ok
-        if self.hw is None:
-            return x * maps.mul_(0.5).to(x.dtype)
-        maps.add_(self.hw.gate_pooled(pooled[2]))  # + (B, 1, H, W)
-        return x * maps.div_(3).to(x.dtype)
+        maps = [map_cw, map_hc]
+        if self.hw is not None:
+            maps.append(self.hw.gate_pooled(pooled[2]))  # (B, 1, H, W)
+        # x times the branches' mean, never materialised under autograd
+        return scale_by_maps(x, maps, divisor=len(maps))

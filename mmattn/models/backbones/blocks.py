@@ -62,8 +62,8 @@ def batch_norm_with_affine(norm: nn.BatchNorm2d, z: torch.Tensor
     :func:`batch_norm_with_stats` returns with the output (running
     statistics and ``num_batches_tracked`` updated as
     ``nn.BatchNorm2d.forward`` does)."""
-    out, mean, invstd = batch_norm_with_stats(z, norm.weight, norm.bias,
-                                              norm.eps, *batch_norm_state(norm))
+    out, mean, invstd = batch_norm_with_stats(
+        z, norm.weight, norm.bias, norm.eps, *batch_norm_state(norm))
     with torch.no_grad():
         weight, bias = invstd, -mean * invstd
         if norm.affine:
