@@ -421,6 +421,12 @@ MODULES: Dict[str, ModuleSpec] = {
         ModuleSpec('CCNet', _registered('CrissCrossAttention'),
                    'mmcv CrissCrossAttention x2', _RecurrentMMCVCrissCross,
                    kind='self_attention'),
+        # issue 7's target 3: the other self-attentions against NonLocal2d
+        ModuleSpec('DANet-PAM-vs-NL', _registered('DualAttention',
+                                                  mode='position'),
+                   'mmcv NonLocal2d', _mmcv_non_local, kind='self_attention'),
+        ModuleSpec('CCNet-vs-NL', _registered('CrissCrossAttention'),
+                   'mmcv NonLocal2d', _mmcv_non_local, kind='self_attention'),
         ModuleSpec('SK', _sk, 'timm SelectiveKernel', _timm_sk, kind='conv'),
         ModuleSpec('EPSA', _psa, 'official (eager)',
                    lambda c: _OfficialPSA(c, c), kind='conv'),

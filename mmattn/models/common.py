@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from typing import (Iterable, Iterator, Optional, Sequence, Tuple, Type,
                     Union)
@@ -423,12 +424,19 @@ def channel_block_size(x: torch.Tensor) -> int:
 
 def channel_blocks(*tensors: torch.Tensor) -> Iterator[Tuple[torch.Tensor,
                                                              ...]]:
-    """The tensors, each with the first one's channels in dim 1 (full-size
-    maps, (B, C, 1, 1) statistics, outputs to fill), split alike into
-    blocks of :func:`channel_block_size` channels of the first: for the
-    hand-written passes that keep a block's temporaries in cache."""
+    """The tensors split alike in dim 1 into blocks of
+    :func:`channel_block_size` channels of the first: for the hand-written
+    passes that keep a block's temporaries in cache. A tensor with the
+    first one's channels (full-size maps, (B, C, 1, 1) statistics, outputs
+    to fill) is cut; one with a single channel (a (B, 1, H, W) map) comes
+    whole with every block."""
     size = channel_block_size(tensors[0])
-    return zip(*(t.split(size, 1) for t in tensors))
+    channels = tensors[0].shape[1]
+    if any(t.shape[1] not in (channels, 1) for t in tensors):
+        raise ValueError(f'channel_blocks: dim 1 must be {channels} or 1, '
+                         f'got {[tuple(t.shape) for t in tensors]}')
+    return zip(*(t.split(size, 1) if t.shape[1] == channels else
+                 itertools.repeat(t) for t in tensors))
 
 
 def _planes_contiguous(x: torch.Tensor) -> bool:
@@ -569,7 +577,7 @@ class _ScaleByMaps(torch.autograd.Function):
         ctx.divisor = divisor
         ctx.save_for_backward(x, *maps)
         out = torch.empty_like(x)
-        for (x_b, out_b), maps_b in _map_blocks([x, out], maps):
+        for x_b, out_b, *maps_b in channel_blocks(x, out, *maps):
             torch.mul(x_b, _maps_gate(maps_b, divisor, x.dtype), out=out_b)
         return out
 
@@ -584,12 +592,14 @@ class _ScaleByMaps(torch.autograd.Function):
         # the dims each map broadcasts over, summed in its gradient
         sum_dims = [[d for d in range(4) if m.shape[d] == 1 < x.shape[d]]
                     for m in maps]
-        for (x_b, g_b, gx_b), pairs in _map_blocks(
-                [x, grad, grad_x], zip(maps, grad_maps)):
-            gate = _maps_gate([m for m, _ in pairs], ctx.divisor, x.dtype)
-            torch.mul(g_b, gate, out=gx_b)
+        k = len(maps)
+        for x_b, g_b, gx_b, *rest in channel_blocks(x, grad, grad_x, *maps,
+                                                     *grad_maps):
+            maps_b, grads_b = rest[:k], rest[k:]
+            torch.mul(g_b, _maps_gate(maps_b, ctx.divisor, x.dtype),
+                      out=gx_b)
             product = g_b * x_b  # (B, C_block, H, W)
-            for (m, grad_m), dims in zip(pairs, sum_dims):
+            for m, grad_m, dims in zip(maps_b, grads_b, sum_dims):
                 # (an empty dim list would sum over all dims)
                 part = product.sum(dims, keepdim=True, dtype=m.dtype) \
                     if dims else product.to(m.dtype, copy=True)
@@ -599,25 +609,6 @@ class _ScaleByMaps(torch.autograd.Function):
                 else:
                     grad_m.copy_(part)
         return (grad_x, None, *grad_maps)
-
-
-def _map_blocks(full: Sequence[torch.Tensor], maps: Iterable):
-    """Blocks of channels of the full-size tensors, each with the maps
-    (items of ``maps``: a tensor or a tuple of tensors) cut to the block,
-    or whole when they have no channels."""
-    maps = list(maps)
-    size = channel_block_size(full[0])
-    start = 0
-    for block in zip(*(t.split(size, 1) for t in full)):
-        width = block[0].shape[1]
-        yield block, [_cut(item, start, width) for item in maps]
-        start += width
-
-
-def _cut(item, start: int, width: int):
-    if isinstance(item, tuple):
-        return tuple(_cut(t, start, width) for t in item)
-    return item if item.shape[1] == 1 else item.narrow(1, start, width)
 
 
 def _maps_gate(maps: Sequence[torch.Tensor], divisor: float,

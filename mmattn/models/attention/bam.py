@@ -3,9 +3,11 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 
-from mmattn.models.common import (ActLayer, check_choice, check_positive_int,
-                                  create_act, reduced_channels, spatial_mean)
+from mmattn.models.common import (ActLayer, channel_blocks, check_choice,
+                                  check_positive_int, create_act, needs_grad,
+                                  reduced_channels, spatial_mean)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 
@@ -157,6 +159,70 @@ class BAM(AttentionModule):
         mc = self.fc2(self.act(self.norm(self.fc1(z))))  # (B, C)
         mc = mc.reshape(b, c, 1, 1)  # (B, C, 1, 1)
         ms = self.spatial(x)  # (B, 1, H, W)
-        att = mc + ms if self.combine == 'sum' else mc * ms  # (B, C, H, W)
+        product = self.combine == 'product'
+        if type(self.gate) is nn.Sigmoid and needs_grad(x, mc, ms):
+            return BAMGateFunction.apply(x, mc, ms, product)
+        att = mc * ms if product else mc + ms  # (B, C, H, W)
         # x * (1 + s) in one pass: x + x * s.
         return torch.addcmul(x, x, self.gate(att).to(x.dtype))
+
+
+def _attention(mc: torch.Tensor, ms: torch.Tensor,
+               product: bool) -> torch.Tensor:
+    """:math:`\\sigma(M_c \\circledast M_s)` of a block of channels."""
+    return (mc * ms if product else mc + ms).sigmoid_()
+
+
+class BAMGateFunction(torch.autograd.Function):
+    """BAM's :math:`y = x (1 + \\sigma(a))`, :math:`a = M_c + M_s` (or
+    :math:`M_c M_s`), with a hand-written backward that saves x and the
+    small maps :math:`M_c` (B, C, 1, 1) and :math:`M_s` (B, 1, H, W) instead
+    of autograd's full-size attention map; both passes run a block of
+    channels at a time on the CPU
+    (:func:`~mmattn.models.common.channel_blocks`), the map rebuilt in
+    cache. With :math:`s = \\sigma(a)` and upstream g:
+
+    .. math::
+
+        \\frac{\\partial L}{\\partial x} = g (1 + s), \\quad
+        q = \\frac{\\partial L}{\\partial a} = g\\, x\\, s (1 - s), \\quad
+        \\frac{\\partial L}{\\partial M_c} = \\sum_{hw} q\\,
+            \\frac{\\partial a}{\\partial M_c}, \\quad
+        \\frac{\\partial L}{\\partial M_s} = \\sum_{c} q\\,
+            \\frac{\\partial a}{\\partial M_s}
+
+    (the partials of a: 1 for the sum, the other map for the product). The
+    output is the eager module's ops element by element, equal to its
+    output up to the last bit of the sigmoid (its vector and scalar code
+    split a block's elements differently from the whole map's).
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: torch.Tensor, mc: torch.Tensor,
+                ms: torch.Tensor, product: bool) -> torch.Tensor:
+        ctx.product = product
+        ctx.save_for_backward(x, mc, ms)
+        out = torch.empty_like(x)
+        for x_b, mc_b, ms_b, out_b in channel_blocks(x, mc, ms, out):
+            s = _attention(mc_b, ms_b, product)
+            torch.addcmul(x_b, x_b, s.to(x.dtype), out=out_b)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: torch.Tensor):
+        x, mc, ms = ctx.saved_tensors
+        grad_x = torch.empty_like(x)
+        grad_mc = torch.empty_like(mc)
+        grad_ms = torch.zeros_like(ms)  # summed over the blocks
+        for x_b, g_b, mc_b, ms_b, gx_b, gmc_b in channel_blocks(
+                x, grad, mc, ms, grad_x, grad_mc):
+            s = _attention(mc_b, ms_b, ctx.product)
+            torch.addcmul(g_b, g_b, s.to(g_b.dtype), out=gx_b)
+            q = (g_b * x_b).to(s.dtype).mul_(s)
+            q.addcmul_(q, s, value=-1)  # g x s (1 - s)
+            gmc_b.copy_((q * ms_b if ctx.product else q).sum((2, 3),
+                                                             keepdim=True))
+            grad_ms.add_((q.mul_(mc_b) if ctx.product else q).sum(
+                1, keepdim=True))
+        return grad_x, grad_mc, grad_ms, None

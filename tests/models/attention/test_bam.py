@@ -6,6 +6,7 @@ from attention_reference import batch_norm_ref, conv2d_ref
 from helpers import assert_rel_close, randomize_
 
 from mmattn.models.attention import BAM
+from mmattn.models.attention.bam import BAMGateFunction
 
 
 def channel_norm_ref(v, norm, training):
@@ -141,3 +142,37 @@ def test_three_bams_params():
     assert counts == [17_361, 68_513, 272_193]
     # PytorchInsight: BAM-ResNet-50 25.92M = ResNet-50 + 358,067.
     assert sum(counts) == 358_067
+
+
+@pytest.mark.parametrize('combine', ['sum', 'product'])
+def test_gate_function_gradcheck(combine, channel_blocks):
+    """The hand-written backward of x (1 + sigmoid(M_c (+|*) M_s)) against
+    finite differences (float64), in channel blocks."""
+    torch.manual_seed(0)
+    x = channel_blocks(torch.randn(2, 5, 4, 3, dtype=torch.float64))
+    mc = torch.randn(2, 5, 1, 1, dtype=torch.float64, requires_grad=True)
+    ms = torch.randn(2, 1, 4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda *args: BAMGateFunction.apply(*args, combine == 'product'),
+        (x.requires_grad_(), mc, ms))
+
+
+@pytest.mark.parametrize('combine', ['sum', 'product'])
+def test_training_path_matches_autograd_of_reference(combine,
+                                                     channel_blocks):
+    """Training (custom backward) gives the eager output (up to the last
+    bit of the sigmoid) and autograd's gradients through the paper's
+    equations, parameters included."""
+    torch.manual_seed(0)
+    module = randomize_(BAM(32, combine=combine)).double()
+    x = channel_blocks(torch.randn(2, 32, 6, 5, dtype=torch.float64)
+                       ).requires_grad_()
+    grad = torch.randn_like(x)
+    out = module(x)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), out, rtol=1e-14, atol=0)
+    params = [x, *module.parameters()]
+    actual = torch.autograd.grad(out, params, grad)
+    expected = torch.autograd.grad(bam_ref(module, x, True), params, grad)
+    for a, e in zip(actual, expected):  # (biases before a BN: 0 + noise)
+        torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-12)
