@@ -215,6 +215,10 @@ def spatial_mean_var(x: torch.Tensor, correction: int = 0
     30x slower than this on the CPU.
     """
     acc = accumulate_dtype(x)
+    if exporting():  # one graph op; the loop's out= writes do not trace
+        var, mean = torch.var_mean(x.to(acc), dim=(2, 3), keepdim=True,
+                                   correction=correction)
+        return mean, var
     b, c, h, w = x.shape
     mean = x.mean((2, 3), keepdim=True, dtype=acc)  # (B, C, 1, 1)
     planes = x.reshape(1, b * c, h * w)  # a view unless channels_last
@@ -264,6 +268,13 @@ def adaptive_avg_pool2d(x: torch.Tensor, output_size) -> torch.Tensor:
 # --------------------------------------------------------------------------
 # custom autograd paths
 # --------------------------------------------------------------------------
+def exporting() -> bool:
+    """Whether torch.jit tracing or ONNX export is recording: the blocked
+    passes (loops writing into views with ``out=``) then give way to plain
+    graph ops."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def needs_grad(*tensors: torch.Tensor) -> bool:
     """Whether autograd will record an op on ``tensors`` (grad mode on and
     one of them requires grad) outside tracing and ONNX export.
@@ -273,7 +284,7 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
     or export, which cannot record a Python autograd Function) they run
     plain ops.
     """
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if exporting():
         return False
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
