@@ -3,7 +3,8 @@ mmattn.
 
 Same arguments and behaviour as mmdet's, plus what ``tools/train.py`` adds
 (mmattn imported, ``mmdet::`` config names, ``dict(...)`` in
-``--cfg-options``, ``--launcher pytorch`` on CPU), and:
+``--cfg-options``, ``--launcher pytorch`` on CPU, ``--compile-attention``),
+and:
 
 * the metrics are also written to ``<work-dir>/metrics.json``;
 * with ``--out results.pkl`` and a ``CocoMetric`` evaluator, the COCO-format
@@ -34,6 +35,7 @@ from mmengine.runner import Runner
 
 import mmattn  # noqa: F401  (registers every module, compatibility fixes)
 import mmattn.engine  # noqa: F401  (hooks)
+from mmattn.engine.hooks import add_compile_attention_hook
 from mmattn.engine.launch import (ConfigOptionsAction, merge_cfg_options,
                                   resolve_config_path, setup_cpu_distributed)
 
@@ -73,6 +75,11 @@ def parse_args(argv=None):
         'and dicts, e.g. key="[dict(type=\'ECA\'),dict(type=\'SE\')]". '
         'Note that the quotation marks are necessary and that no white space '
         'is allowed.')
+    parser.add_argument(
+        '--compile-attention',
+        action='store_true',
+        help='run the attention modules through torch.compile (the rest of '
+        'the model stays eager; see mmattn.models.compiled)')
     parser.add_argument(
         '--launcher',
         choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -123,6 +130,10 @@ def build_cfg(args) -> Config:
                                 osp.splitext(osp.basename(args.config))[0])
 
     cfg.load_from = args.checkpoint
+
+    # attention modules through torch.compile (CompileAttentionHook)
+    if args.compile_attention:
+        add_compile_attention_hook(cfg)
 
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)

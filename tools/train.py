@@ -9,8 +9,10 @@ pytorch`` works on CPU-only machines (gloo). See
 :mod:`mmattn.engine.launch`. A :class:`~mmattn.engine.RandomStateHook` is
 added, so that ``--resume`` continues with the random numbers of the
 uninterrupted run; ``--amp`` also works on CPU (bfloat16, see
-:mod:`mmattn.compat_amp`). A backbone ``Pretrained`` checkpoint that is a
-missing local file is dealt with before anything is built
+:mod:`mmattn.compat_amp`); ``--compile-attention`` runs the attention
+modules through ``torch.compile`` (:mod:`mmattn.models.compiled`). A
+backbone ``Pretrained`` checkpoint that is a missing local file is dealt
+with before anything is built
 (:func:`~mmattn.engine.launch.resolve_pretrained_backbone`): the ImageNet
 checkpoint of a pretraining config not run yet gives way to torchvision's
 weights, with a warning; any other is an error.
@@ -40,7 +42,8 @@ from mmengine.runner import Runner
 
 import mmattn  # noqa: F401  (registers every module, compatibility fixes)
 import mmattn.engine  # noqa: F401  (hooks, e.g. NAMSparsityHook)
-from mmattn.engine.hooks import add_random_state_hook
+from mmattn.engine.hooks import (add_compile_attention_hook,
+                                 add_random_state_hook)
 from mmattn.engine.launch import (ConfigOptionsAction, merge_cfg_options,
                                   resolve_config_path,
                                   resolve_pretrained_backbone,
@@ -81,6 +84,11 @@ def parse_args(argv=None):
         'and dicts, e.g. key="[dict(type=\'ECA\'),dict(type=\'SE\')]". '
         'Note that the quotation marks are necessary and that no white space '
         'is allowed.')
+    parser.add_argument(
+        '--compile-attention',
+        action='store_true',
+        help='run the attention modules through torch.compile (the rest of '
+        'the model stays eager; see mmattn.models.compiled)')
     parser.add_argument(
         '--launcher',
         choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -124,6 +132,10 @@ def build_cfg(args) -> Config:
     # a resumed run continues with the random numbers of the uninterrupted
     # one (RandomStateHook)
     add_random_state_hook(cfg)
+
+    # attention modules through torch.compile (CompileAttentionHook)
+    if args.compile_attention:
+        add_compile_attention_hook(cfg)
 
     # resume is determined in this priority: resume from > auto_resume
     if args.resume == 'auto':

@@ -18,6 +18,14 @@ Three levels (issue 7):
   the module after conv3 (``AttentionResNet`` backbone), against the plain
   detector.
 
+Each level can also measure the modules compiled
+(:func:`~mmattn.models.compiled.compile_attention`, rows marked
+``compiled``), beside the same peer or plain model, measured in the same
+rounds. The backbone and detector levels have a ``floor`` row: the network
+with a module that only copies its input forward and its gradient backward
+(:class:`CopyFloor`), what a gate that reads and writes the map once each
+way cannot go below.
+
 **Timing.** Every run is repeated and the median reported. The module, its
 peer and the floor (or the plain model) are measured *interleaved*, one run
 of each per round, so that machine noise hits all of them alike; a time
@@ -33,7 +41,9 @@ CPU, where torch keeps no allocator statistics, it is computed from the
 allocation and free events that ``torch.profiler.profile(profile_memory=
 True)`` records (every CPU tensor allocation, forward and backward
 threads): the maximum of their running sum. The memory run is a separate,
-untimed call, so the profiler's overhead never enters the times.
+untimed call, so the profiler's overhead never enters the times. The
+profiler does not see the allocations of compiled (Inductor) code, so
+compiled rows report no peak memory on the CPU.
 """
 from __future__ import annotations
 
@@ -309,6 +319,34 @@ class _OfficialPSA(nn.Module):
         return out
 
 
+class _CopyFunction(torch.autograd.Function):
+    """One copy of the input forward, one copy of the gradient backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.clone()
+
+
+class CopyFloor(nn.Module):
+    """The memory floor as a plugin: the output is a copy of the input, the
+    input gradient a copy of the output gradient (``clone``'s own backward
+    would pass the gradient through without a copy). A network with it
+    after every conv3 costs what any module that reads and writes the full
+    map once each way costs at least."""
+
+    _abbr_ = 'copy_floor'
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _CopyFunction.apply(x)
+
+
 # --------------------------------------------------------------------------
 # what is benchmarked
 # --------------------------------------------------------------------------
@@ -322,8 +360,10 @@ class ModuleSpec:
         peer: Name of the peer implementation, for the tables.
         build_peer: ``channels -> module`` (the peer).
         kind: ``'gate'`` (runs on the detection shapes), ``'conv'`` (a conv2
-            replacement: runs on the bottleneck widths, C / 4) or
-            ``'self_attention'`` (runs on :data:`SELF_ATTENTION_SHAPES`).
+            replacement: runs on the bottleneck widths, C / 4),
+            ``'self_attention'`` (runs on :data:`SELF_ATTENTION_SHAPES`) or
+            ``'floor'`` (:class:`CopyFloor`: backbone and detector levels
+            only).
         plugin: mmdet ResNet plugin config for the backbone and detector
             levels; None keeps the module out of them.
     """
@@ -380,6 +420,8 @@ def _mmcv_non_local(channels: int) -> nn.Module:
 MODULES: Dict[str, ModuleSpec] = {
     spec.name: spec
     for spec in (
+        ModuleSpec('floor', CopyFloor, 'one copy each way', CopyFloor,
+                   kind='floor', plugin=dict(type=CopyFloor)),
         ModuleSpec('SE', _registered('SE'), 'timm SEModule',
                    _timm('se', rd_divisor=1), plugin=dict(type='SE')),
         ModuleSpec('ECA', _registered('ECA'), 'timm EcaModule',
@@ -433,15 +475,18 @@ MODULES: Dict[str, ModuleSpec] = {
     )
 }
 
-#: Modules of the detector level (the issue's list).
-DETECTOR_MODULES = ('ECA', 'SE', 'CBAM')
+#: Modules of the detector level (the issue's list, and the floor).
+DETECTOR_MODULES = ('floor', 'ECA', 'SE', 'CBAM')
 
 
 def module_shapes(spec: ModuleSpec, shapes: Sequence[Shape],
                   quick: bool) -> List[Shape]:
     """The input shapes of ``spec``: ``shapes`` for gates, the bottleneck
-    widths (C / 4) of ``shapes`` for conv replacements, and the
-    self-attention shape(s) for self-attention modules."""
+    widths (C / 4) of ``shapes`` for conv replacements, the
+    self-attention shape(s) for self-attention modules, none for the
+    floor (the module level has its own)."""
+    if spec.kind == 'floor':
+        return []
     if spec.kind == 'self_attention':
         return list(QUICK_SELF_ATTENTION_SHAPES if quick else
                     SELF_ATTENTION_SHAPES)
@@ -493,10 +538,11 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
 @dataclass
 class Measurement:
     """Times (s) of the timed rounds, in round order, and peak memory
-    (bytes) of one implementation in one mode."""
+    (bytes; None where it cannot be measured) of one implementation in one
+    mode."""
 
     times: Tuple[float, ...]
-    peak_bytes: int
+    peak_bytes: Optional[int]
 
     @property
     def time_s(self) -> float:
@@ -507,7 +553,9 @@ class Measurement:
 def measure_interleaved(fns: Dict[str, Callable[[], object]],
                         repeat: int,
                         device: torch.device,
-                        warmup: int = 1) -> Dict[str, Measurement]:
+                        warmup: int = 1,
+                        no_memory: Sequence[str] = ()
+                        ) -> Dict[str, Measurement]:
     """Time the callables of ``fns`` in rounds (one call of each per round,
     the order rotating from round to round) and take each one's peak
     memory in one extra, untimed call.
@@ -517,7 +565,9 @@ def measure_interleaved(fns: Dict[str, Callable[[], object]],
         repeat: Number of timed rounds; the median is reported.
         device: Device the callables run on (for synchronisation and the
             memory statistics).
-        warmup: Untimed rounds first (lazy initialisation, caches).
+        warmup: Untimed rounds first (lazy initialisation, compilation,
+            caches).
+        no_memory: Labels whose peak memory is not taken (None).
 
     Returns:
         dict: Label -> :class:`Measurement`.
@@ -532,8 +582,9 @@ def measure_interleaved(fns: Dict[str, Callable[[], object]],
         for label in labels[shift:] + labels[:shift]:
             times[label].append(time_call(fns[label], device))
     return {
-        label: Measurement(tuple(times[label]),
-                           peak_memory(fns[label], device))
+        label: Measurement(
+            tuple(times[label]), None if label in no_memory else
+            peak_memory(fns[label], device))
         for label in labels
     }
 
@@ -583,6 +634,8 @@ class Row:
         peer_runs: Mode -> measurement of the peer (or plain model).
         floor_runs: Mode -> measurement of the memory floor (module level
             only).
+        compiled: Whether mmattn's modules ran compiled
+            (:func:`~mmattn.models.compiled.compile_attention`).
     """
 
     level: str
@@ -592,6 +645,12 @@ class Row:
     runs: Dict[str, Measurement]
     peer_runs: Dict[str, Measurement]
     floor_runs: Dict[str, Measurement] = field(default_factory=dict)
+    compiled: bool = False
+
+    @property
+    def label(self) -> str:
+        """The name, marked ``compiled`` for a compiled run."""
+        return f'{self.name} compiled' if self.compiled else self.name
 
     def ratio(self, mode: str, quantity: str, against: str) -> float:
         """``quantity`` (``'time'`` or ``'memory'``) of ``mode`` relative
@@ -610,9 +669,11 @@ class Row:
             return statistics.median(
                 t / r if r else math.nan
                 for t, r in zip(self.runs[mode].times, reference.times))
-        denominator = reference.peak_bytes
-        return self.runs[mode].peak_bytes / denominator if denominator \
-            else math.nan
+        numerator, denominator = self.runs[mode].peak_bytes, \
+            reference.peak_bytes
+        if numerator is None or not denominator:
+            return math.nan
+        return numerator / denominator
 
 
 def _train_mode(module: nn.Module) -> nn.Module:
@@ -625,30 +686,49 @@ def _shape_text(shape: Sequence[int]) -> str:
     return 'x'.join(str(s) for s in shape)
 
 
+def _maybe_compiled(model: nn.Module, compiled: bool) -> nn.Module:
+    """``model``, its attention modules compiled if ``compiled``."""
+    if compiled:
+        from mmattn.models.compiled import compile_attention
+        if not compile_attention(model):
+            raise ValueError(f'{type(model).__name__} holds no attention '
+                             f'module to compile')
+    return model
+
+
+def _memory_unseen(compiled: bool, device: torch.device) -> Tuple[str, ...]:
+    """The labels whose memory :func:`peak_memory` cannot see: compiled
+    code on the CPU (see the module docstring)."""
+    return ('module', ) if compiled and device.type == 'cpu' else ()
+
+
 def benchmark_module(spec: ModuleSpec, shape: Shape, repeat: int,
-                     device: torch.device) -> Row:
-    """Forward and forward + backward of ``spec``'s module, its peer and
-    the memory floor on one input shape, interleaved (see
-    :func:`measure_interleaved`). Both implementations run in train mode
-    with the same input and output gradient."""
+                     device: torch.device, compiled: bool = False) -> Row:
+    """Forward and forward + backward of ``spec``'s module (compiled if
+    ``compiled``), its peer and the memory floor on one input shape,
+    interleaved (see :func:`measure_interleaved`). Both implementations run
+    in train mode with the same input and output gradient."""
     torch.manual_seed(0)
     channels = shape[1]
-    module = _train_mode(spec.build(channels).to(device))
+    module = _train_mode(_maybe_compiled(spec.build(channels).to(device),
+                                         compiled))
     peer = _train_mode(spec.build_peer(channels).to(device))
     x = torch.randn(shape, device=device)
     grad = torch.randn(shape, device=device)
+    unseen = _memory_unseen(compiled, device)
     fwd = measure_interleaved(
         {'module': _forward(module, x), 'peer': _forward(peer, x),
-         'floor': _floor_forward(x)}, repeat, device)
+         'floor': _floor_forward(x)}, repeat, device, no_memory=unseen)
     x.requires_grad_(True)
     fwd_bwd = measure_interleaved(
         {'module': _forward_backward(module, x, grad),
          'peer': _forward_backward(peer, x, grad),
-         'floor': _floor_forward_backward(x, grad)}, repeat, device)
+         'floor': _floor_forward_backward(x, grad)}, repeat, device,
+        no_memory=unseen)
     pick = {label: {FWD: fwd[label], FWD_BWD: fwd_bwd[label]}
             for label in ('module', 'peer', 'floor')}
     return Row('module', spec.name, _shape_text(shape), spec.peer,
-               pick['module'], pick['peer'], pick['floor'])
+               pick['module'], pick['peer'], pick['floor'], compiled)
 
 
 def _plugin_resnet(plugin: Optional[dict]) -> nn.Module:
@@ -676,31 +756,33 @@ def _versus_plain(level: str, spec: ModuleSpec,
                   build: Callable[[Optional[dict]], nn.Module],
                   step: Callable[[nn.Module, object], Callable[[], object]],
                   inputs: object, shape: str, peer: str, repeat: int,
-                  device: torch.device) -> Row:
-    """One train step of ``build(spec.plugin)`` interleaved with the same
-    step of ``build(None)`` (the network without attention)."""
+                  device: torch.device, compiled: bool) -> Row:
+    """One train step of ``build(spec.plugin)`` (its attention compiled if
+    ``compiled``) interleaved with the same step of ``build(None)`` (the
+    network without attention)."""
     torch.manual_seed(0)
-    model = _train_mode(build(spec.plugin).to(device))
+    model = _train_mode(_maybe_compiled(build(spec.plugin).to(device),
+                                        compiled))
     plain = _train_mode(build(None).to(device))
     runs = measure_interleaved(
         {'module': step(model, inputs), 'plain': step(plain, inputs)},
-        repeat, device)
+        repeat, device, no_memory=_memory_unseen(compiled, device))
     return Row(level, spec.name, shape, peer, {TRAIN: runs['module']},
-               {TRAIN: runs['plain']})
+               {TRAIN: runs['plain']}, compiled=compiled)
 
 
 def benchmark_backbone(spec: ModuleSpec, image_size: Tuple[int, int],
                        repeat: int, device: torch.device,
-                       batch_size: int = 2) -> Row:
+                       batch_size: int = 2, compiled: bool = False) -> Row:
     """A ResNet-50 train step (forward, backward of the mean of the four
     stage outputs) with ``spec``'s plugin after conv3 of every bottleneck
-    (:func:`_plugin_resnet`), interleaved with the same step of plain mmdet
-    ResNet-50."""
+    (:func:`_plugin_resnet`; compiled if ``compiled``), interleaved with
+    the same step of plain mmdet ResNet-50."""
     torch.manual_seed(0)
     images = torch.randn(batch_size, 3, *image_size, device=device)
     return _versus_plain('backbone', spec, _plugin_resnet, _backbone_step,
                          images, f'{batch_size}x3x{_shape_text(image_size)}',
-                         'mmdet ResNet-50', repeat, device)
+                         'mmdet ResNet-50', repeat, device, compiled)
 
 
 def _faster_rcnn(plugin: Optional[dict]) -> nn.Module:
@@ -734,17 +816,19 @@ def _detector_step(model: nn.Module, data: dict) -> Callable[[], object]:
 
 def benchmark_detector(spec: ModuleSpec, image_size: Tuple[int, int],
                        repeat: int, device: torch.device,
-                       batch_size: int = 2) -> Row:
+                       batch_size: int = 2, compiled: bool = False) -> Row:
     """A Faster R-CNN R50-FPN train iteration (data preprocessing, losses,
-    backward) with ``spec``'s plugin after conv3, interleaved with the plain
-    detector, on random images with 3 random boxes each."""
+    backward) with ``spec``'s plugin after conv3 (compiled if
+    ``compiled``), interleaved with the plain detector, on random images
+    with 3 random boxes each."""
     from mmdet.testing import demo_mm_inputs
     torch.manual_seed(0)
     data = demo_mm_inputs(batch_size, image_shapes=(3, *image_size),
                           num_items=[3] * batch_size, num_classes=80)
     return _versus_plain('detector', spec, _faster_rcnn, _detector_step,
                          data, f'{batch_size}x3x{_shape_text(image_size)}',
-                         'mmdet Faster R-CNN R50-FPN', repeat, device)
+                         'mmdet Faster R-CNN R50-FPN', repeat, device,
+                         compiled)
 
 
 # --------------------------------------------------------------------------
@@ -755,7 +839,9 @@ def _ms(m: Optional[Measurement]) -> str:
 
 
 def _mb(m: Optional[Measurement]) -> str:
-    return '' if m is None else f'{m.peak_bytes / 2**20:.1f}'
+    if m is None or m.peak_bytes is None:
+        return ''
+    return f'{m.peak_bytes / 2**20:.1f}'
 
 
 def _x(value: float) -> str:
@@ -776,7 +862,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
         lines = ['| ' + ' | '.join(header) + ' |',
                  '|' + ' --- |' * len(header)]
         for r in module_rows:
-            cells = [r.name, r.setting, r.peer]
+            cells = [r.label, r.setting, r.peer]
             for mode in (FWD, FWD_BWD):
                 cells += [_ms(r.runs.get(mode)),
                           _x(r.ratio(mode, 'time', 'floor')),
@@ -797,7 +883,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
                  '|' + ' --- |' * len(header)]
         for r in level_rows:
             lines.append('| ' + ' | '.join([
-                f'{r.name} vs {r.peer}', r.setting, _ms(r.runs[TRAIN]),
+                f'{r.label} vs {r.peer}', r.setting, _ms(r.runs[TRAIN]),
                 _ms(r.peer_runs[TRAIN]), _x(r.ratio(TRAIN, 'time', 'peer')),
                 _mb(r.runs[TRAIN]), _mb(r.peer_runs[TRAIN]),
                 _x(r.ratio(TRAIN, 'memory', 'peer'))]) + ' |')
@@ -822,7 +908,7 @@ def plot_ratios(rows: Sequence[Row], path: str) -> None:
     if any(r.level != 'module' for r in rows):
         series += [('time / plain', TRAIN, 'time', 'peer'),
                    ('mem / plain', TRAIN, 'memory', 'peer')]
-    labels = [f'{r.name} {r.level} {r.setting}' for r in rows]
+    labels = [f'{r.label} {r.level} {r.setting}' for r in rows]
     width = 0.8 / max(len(series), 1)
     fig, ax = plt.subplots(figsize=(max(6., 0.6 * len(rows) + 2), 5))
     for i, (label, mode, quantity, against) in enumerate(series):

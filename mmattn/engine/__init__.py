@@ -1,5 +1,5 @@
 """Training-loop pieces (mmengine hooks), registered in mmengine's root
 ``HOOKS`` registry so any scope's config finds them."""
-from .hooks import NAMSparsityHook, RandomStateHook
+from .hooks import CompileAttentionHook, NAMSparsityHook, RandomStateHook
 
-__all__ = ['NAMSparsityHook', 'RandomStateHook']
+__all__ = ['CompileAttentionHook', 'NAMSparsityHook', 'RandomStateHook']

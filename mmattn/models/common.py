@@ -215,7 +215,7 @@ def spatial_mean_var(x: torch.Tensor, correction: int = 0
     30x slower than this on the CPU.
     """
     acc = accumulate_dtype(x)
-    if exporting():  # one graph op; the loop's out= writes do not trace
+    if capturing_graph():  # one graph op; the loop's out= writes do not trace
         var, mean = torch.var_mean(x.to(acc), dim=(2, 3), keepdim=True,
                                    correction=correction)
         return mean, var
@@ -268,23 +268,28 @@ def adaptive_avg_pool2d(x: torch.Tensor, output_size) -> torch.Tensor:
 # --------------------------------------------------------------------------
 # custom autograd paths
 # --------------------------------------------------------------------------
-def exporting() -> bool:
-    """Whether torch.jit tracing or ONNX export is recording: the blocked
-    passes (loops writing into views with ``out=``) then give way to plain
-    graph ops."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+def capturing_graph() -> bool:
+    """Whether a graph of the ops is being recorded: torch.jit tracing,
+    ONNX export, or ``torch.compile`` (dynamo, see
+    :mod:`mmattn.models.compiled`). The blocked passes (loops writing into
+    views with ``out=``) and the hand-written backward passes then give way
+    to plain graph ops: the exporter needs them, and the compiler fuses
+    them, and derives their backward, itself."""
+    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling())
 
 
 def needs_grad(*tensors: torch.Tensor) -> bool:
     """Whether autograd will record an op on ``tensors`` (grad mode on and
-    one of them requires grad) outside tracing and ONNX export.
+    one of them requires grad) outside graph capture
+    (:func:`capturing_graph`).
 
     Modules with a hand-written backward (``SimAMFunction``,
-    ``SGEFunction``) take it only then; otherwise (inference, and tracing
-    or export, which cannot record a Python autograd Function) they run
-    plain ops.
+    ``SGEFunction``) take it only then; otherwise (inference, and graph
+    capture, which records the plain ops instead of a Python autograd
+    Function) they run plain ops.
     """
-    if exporting():
+    if capturing_graph():
         return False
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
@@ -350,7 +355,10 @@ def max_mean_pools(x: torch.Tensor,
     dims = tuple(d % x.dim() for d in dims)
     if needs_grad(x):
         return _MaxMeanPool.apply(x, dims)
-    return tuple(_max_mean(x, dim, argmax=False)[0] for dim in dims)
+    # compiled: max with its argmax, so that the derived backward too sends
+    # the gradient to one maximal element
+    argmax = torch.compiler.is_compiling()
+    return tuple(_max_mean(x, dim, argmax)[0] for dim in dims)
 
 
 def max_mean_pool(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -573,23 +581,29 @@ class _ScaleByMaps(torch.autograd.Function):
     """:func:`scale_by_maps` under autograd: saves x and the small maps,
     never the full-size gate; forward and backward run a block of channels
     at a time (:func:`channel_block_size`), the gate rebuilt in cache. With
-    :math:`m = \\sum_i m_i / k` and upstream g:
+    :math:`m = (m_1 \circ \dots \circ m_k) / d`, :math:`\circ` the sum
+    or the product, and upstream g:
 
     .. math::
 
-        \\frac{\\partial L}{\\partial x} = g\\, m, \\qquad
-        \\frac{\\partial L}{\\partial m_i} = \\frac{1}{k}
-            \\sum_{\\text{dims } m_i \\text{ broadcasts over}} g\\, x
+        \frac{\partial L}{\partial x} = g\, m, \qquad
+        \frac{\partial L}{\partial m_i} = \frac{1}{d}
+            \sum_{\text{dims } m_i \text{ broadcasts over}} g\, x\,
+            \frac{\partial (m_1 \circ \dots \circ m_k)}{\partial m_i}
+
+    the last factor 1 for the sum, the product of the other maps for the
+    product.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, divisor: float,
+    def forward(ctx, x: torch.Tensor, divisor: float, product: bool,
                 *maps: torch.Tensor) -> torch.Tensor:
-        ctx.divisor = divisor
+        ctx.divisor, ctx.product = divisor, product
         ctx.save_for_backward(x, *maps)
         out = torch.empty_like(x)
         for x_b, out_b, *maps_b in channel_blocks(x, out, *maps):
-            torch.mul(x_b, _maps_gate(maps_b, divisor, x.dtype), out=out_b)
+            torch.mul(x_b, _maps_gate(maps_b, divisor, product, x.dtype),
+                      out=out_b)
         return out
 
     @staticmethod
@@ -607,44 +621,55 @@ class _ScaleByMaps(torch.autograd.Function):
         for x_b, g_b, gx_b, *rest in channel_blocks(x, grad, grad_x, *maps,
                                                      *grad_maps):
             maps_b, grads_b = rest[:k], rest[k:]
-            torch.mul(g_b, _maps_gate(maps_b, ctx.divisor, x.dtype),
-                      out=gx_b)
+            torch.mul(g_b, _maps_gate(maps_b, ctx.divisor, ctx.product,
+                                      x.dtype), out=gx_b)
             product = g_b * x_b  # (B, C_block, H, W)
-            for m, grad_m, dims in zip(maps_b, grads_b, sum_dims):
+            for i, (m, grad_m, dims) in enumerate(zip(maps_b, grads_b,
+                                                      sum_dims)):
+                factor = product
+                if ctx.product and k > 1:  # times the other maps
+                    others = maps_b[:i] + maps_b[i + 1:]
+                    factor = product * _maps_gate(others, 1, True, x.dtype)
                 # (an empty dim list would sum over all dims)
-                part = product.sum(dims, keepdim=True, dtype=m.dtype) \
-                    if dims else product.to(m.dtype, copy=True)
+                part = factor.sum(dims, keepdim=True, dtype=m.dtype) \
+                    if dims else factor.to(m.dtype, copy=True)
                 part = part.div_(ctx.divisor)
                 if 1 in dims:  # summed over all the blocks
                     grad_m.add_(part)
                 else:
                     grad_m.copy_(part)
-        return (grad_x, None, *grad_maps)
+        return (grad_x, None, None, *grad_maps)
 
 
-def _maps_gate(maps: Sequence[torch.Tensor], divisor: float,
+def _maps_gate(maps: Sequence[torch.Tensor], divisor: float, product: bool,
                dtype: torch.dtype) -> torch.Tensor:
-    """``(m_1 + ... + m_k) / divisor`` broadcast, in ``dtype``: the
-    eager modules' operations, so their results bit for bit."""
+    """``(m_1 + ... + m_k) / divisor`` (or the product of the maps)
+    broadcast, in ``dtype``: the eager modules' operations, so their
+    results bit for bit."""
     gate = maps[0]
     for m in maps[1:]:
-        gate = gate + m
+        gate = gate * m if product else gate + m
     if divisor != 1:
         gate = gate / divisor
     return gate.to(dtype)
 
 
-def scale_by_maps(x: torch.Tensor, maps: Sequence[torch.Tensor],
-                  divisor: float = 1) -> torch.Tensor:
+def scale_by_maps(x: torch.Tensor,
+                  maps: Sequence[torch.Tensor],
+                  divisor: float = 1,
+                  product: bool = False) -> torch.Tensor:
     """``x * (maps[0] + maps[1] + ...) / divisor``, maps (in at least x's
     precision) broadcasting against x (B, C, H, W), e.g. CBAM's (B, 1, H,
-    W) spatial gate or Triplet attention's three branch maps.
+    W) spatial gate or Triplet attention's three branch maps; with
+    ``product``, ``x * (maps[0] * maps[1] * ...) / divisor``, e.g.
+    Coordinate attention's (B, C, H, 1) and (B, C, 1, W) gates.
 
     Under autograd (:class:`_ScaleByMaps`) training keeps x and the maps,
-    not the full-size gate autograd would keep, and the maps' gradients are
-    summed a block of channels at a time without a full-size product.
-    Without autograd (inference, tracing, export) it is the plain product.
+    not the full-size gate (or the partial products) autograd would keep,
+    and the maps' gradients are summed a block of channels at a time
+    without a full-size product. Without autograd (inference, graph
+    capture) it is the plain product.
     """
     if not needs_grad(x, *maps):
-        return x * _maps_gate(maps, divisor, x.dtype)
-    return _ScaleByMaps.apply(x, divisor, *maps)
+        return x * _maps_gate(maps, divisor, product, x.dtype)
+    return _ScaleByMaps.apply(x, divisor, product, *maps)

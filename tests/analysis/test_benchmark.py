@@ -8,8 +8,8 @@ import torch
 from analysis_tools import load_tool
 
 from mmattn.analysis.benchmark import (FWD, FWD_BWD, MODULES, TRAIN,
-                                       Measurement, Row, module_shapes,
-                                       peak_memory)
+                                       CopyFloor, Measurement, Row,
+                                       module_shapes, peak_memory)
 
 BENCHMARK = load_tool('benchmark')
 
@@ -39,11 +39,43 @@ def test_quick_module_run_writes_table_and_chart(tmp_path):
 
 def test_backbone_level_runs_against_plain_resnet(tmp_path):
     rows = BENCHMARK.main([
-        '--level', 'backbone', '--modules', 'ECA', '--repeat', '1',
+        '--level', 'backbone', '--modules', 'floor', 'ECA', '--repeat', '1',
         '--image-size', '32', '32', '--out-dir', str(tmp_path)])
-    assert [(r.level, r.name) for r in rows] == [('backbone', 'ECA')]
-    assert all(math.isfinite(v) and v > 0 for v in _ratios(rows[0], TRAIN))
-    assert 'ECA vs mmdet ResNet-50' in (tmp_path / 'benchmark.md').read_text()
+    assert [(r.level, r.name) for r in rows] == [('backbone', 'floor'),
+                                                 ('backbone', 'ECA')]
+    for row in rows:
+        assert all(math.isfinite(v) and v > 0 for v in _ratios(row, TRAIN))
+    table = (tmp_path / 'benchmark.md').read_text()
+    assert 'ECA vs mmdet ResNet-50' in table
+    assert 'floor vs mmdet ResNet-50' in table
+
+
+def test_copy_floor_copies_both_ways():
+    floor = CopyFloor(8)
+    x = torch.randn(2, 8, 3, 3, requires_grad=True)
+    out = floor(x)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    assert torch.equal(out, x) and out.data_ptr() != x.data_ptr()
+    assert torch.equal(x.grad, grad) and x.grad.data_ptr() != grad.data_ptr()
+    assert module_shapes(MODULES['floor'], [(2, 8, 3, 3)], False) == []
+
+
+@pytest.mark.slow
+def test_compiled_rows_beside_the_eager_ones(tmp_path):
+    rows = BENCHMARK.main([
+        '--modules', 'SimAM', '--compile', '--quick', '--repeat', '1',
+        '--shapes', '2x64x8x12', '--out-dir', str(tmp_path)])
+    assert [r.label for r in rows] == ['SimAM', 'SimAM compiled']
+    compiled = rows[1]
+    for mode in (FWD, FWD_BWD):
+        for against in ('floor', 'peer'):
+            ratio = compiled.ratio(mode, 'time', against)
+            assert math.isfinite(ratio) and ratio > 0
+            # the CPU profiler does not see compiled allocations
+            assert math.isnan(compiled.ratio(mode, 'memory', against))
+    assert '| SimAM compiled | 2x64x8x12 |' in (
+        tmp_path / 'benchmark.md').read_text()
 
 
 def test_every_peer_builds_and_keeps_the_shape():

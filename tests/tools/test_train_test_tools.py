@@ -149,6 +149,20 @@ def test_plugin_into_unmodified_mmdet_config_trains(shapes_root, tmp_path):
 
 
 # --------------------------------------------------------------------------
+# --compile-attention
+# --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_training_with_compiled_attention(shapes_root, tmp_path):
+    log = run([sys.executable, TRAIN, DEMO, '--compile-attention',
+               '--work-dir', str(tmp_path), '--cfg-options',
+               *demo_options(shapes_root, 2)], tmp_path)
+    # the demo's ResNet-18 has one ECA in each of its 8 BasicBlocks
+    assert 'CompileAttentionHook: compiling 8 attention modules' in log
+    assert 'Iter(train) [2/2]' in log
+    assert 'torch.compile failed' not in log
+
+
+# --------------------------------------------------------------------------
 # train, then test: metrics and a results file pycocotools re-evaluates
 # --------------------------------------------------------------------------
 ON_TRAIN_SPLIT = [  # evaluate where a briefly trained model scores > 0

@@ -12,6 +12,8 @@ Examples::
     python tools/analysis/benchmark.py --modules SE SimAM --quick --repeat 3
     # ResNet-50 train step with each gate vs plain, then Faster R-CNN
     python tools/analysis/benchmark.py --level backbone detector
+    # each module eager and compiled (torch.compile), side by side
+    python tools/analysis/benchmark.py --modules SimAM GE --compile
 """
 import argparse
 import os
@@ -84,6 +86,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='timed rounds; medians are reported')
     parser.add_argument('--quick', action='store_true',
                         help='small shapes and images (a smoke run)')
+    parser.add_argument(
+        '--compile', action='store_true',
+        help='also measure every module compiled (mmattn.models.compiled; '
+        'rows marked "compiled"; the first call of each compiles)')
     parser.add_argument('--device', default='cuda' if
                         torch.cuda.is_available() else 'cpu')
     parser.add_argument('--out-dir', default='work_dirs/benchmark',
@@ -103,16 +109,20 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
     for level in args.level:
         for name in _modules(args.modules, level):
             spec = MODULES[name]
-            if level == 'module':
-                for shape in module_shapes(spec, shapes, args.quick):
-                    rows.append(benchmark_module(spec, shape, args.repeat,
-                                                 device))
-                    _print_row(rows[-1])
-                continue
-            bench = (benchmark_backbone if level == 'backbone' else
-                     benchmark_detector)
-            rows.append(bench(spec, image_size, args.repeat, device))
-            _print_row(rows[-1])
+            variants = (False, True) if args.compile and \
+                spec.kind != 'floor' else (False, )
+            for compiled in variants:
+                if level == 'module':
+                    for shape in module_shapes(spec, shapes, args.quick):
+                        rows.append(benchmark_module(
+                            spec, shape, args.repeat, device, compiled))
+                        _print_row(rows[-1])
+                    continue
+                bench = (benchmark_backbone if level == 'backbone' else
+                         benchmark_detector)
+                rows.append(bench(spec, image_size, args.repeat, device,
+                                  compiled=compiled))
+                _print_row(rows[-1])
     os.makedirs(args.out_dir, exist_ok=True)
     note = (f'device: {device}'
             + (f' ({torch.cuda.get_device_name(device)})'

@@ -12,6 +12,8 @@ from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
+from .custom_hooks import add_custom_hook
+
 #: Key of the state in a checkpoint dict.
 CHECKPOINT_KEY = 'random_state'
 
@@ -163,11 +165,7 @@ class RandomStateHook(Hook):
 def add_random_state_hook(cfg: Config) -> None:
     """Append :class:`RandomStateHook` to ``cfg.custom_hooks`` unless the
     config already has one."""
-    hooks = list(cfg.get('custom_hooks') or [])
-    if not any(h.get('type') in ('RandomStateHook', RandomStateHook)
-               for h in hooks):
-        hooks.append(dict(type='RandomStateHook'))
-    cfg.custom_hooks = hooks
+    add_custom_hook(cfg, RandomStateHook)
 
 
 __all__ = ['RandomStateHook', 'add_random_state_hook', 'get_random_state',

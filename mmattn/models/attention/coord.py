@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from mmattn.models.common import (ActLayer, create_act, reduced_channels,
-                                  spatial_mean)
+                                  scale_by_maps, spatial_mean)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 
@@ -109,4 +109,5 @@ class CoordAttention(AttentionModule):
         f_h, f_w = torch.split(f, [h, w], dim=2)  # (B, mip, H|W, 1)
         g_h = self.gate(self.conv_h(f_h))  # (B, C, H, 1)
         g_w = self.gate(self.conv_w(f_w.transpose(2, 3)))  # (B, C, 1, W)
-        return x * g_h * g_w
+        # x * g_h * g_w, the (B, C, H, W) product never kept for training
+        return scale_by_maps(x, [g_h, g_w], product=True)

@@ -7,8 +7,8 @@ import torch.nn as nn
 
 from mmattn.models.common import (ActLayer, accumulate_dtype,
                                   adaptive_avg_pool2d, adaptive_pool_matrix,
-                                  check_choice, check_divisible,
-                                  check_positive_int,
+                                  capturing_graph, check_choice,
+                                  check_divisible, check_positive_int,
                                   create_act, fp32_region, reduced_channels)
 from mmattn.registry import MODELS
 from .base import ChannelGate
@@ -216,13 +216,15 @@ class MultiSpectralAttention(ChannelGate):
 
         One matrix-vector product per sample and frequency with
         :meth:`pooling_filter`: x is read once, and its gradient written
-        once. A traced graph (ONNX export, FLOP counts) pools to
+        once. A captured graph (ONNX export, FLOP counts, ``torch.compile``:
+        :func:`~mmattn.models.common.capturing_graph`) pools to
         ``dct_size`` and weights by the bases instead, as the paper writes
         it, so that it holds the pooling matrices of
-        :func:`~mmattn.models.common.adaptive_avg_pool2d` as constants rather
-        than a filter built within the graph.
+        :func:`~mmattn.models.common.adaptive_avg_pool2d` as constants (or
+        the compiler's pooling) rather than a filter built within the
+        graph.
         """
-        if torch.jit.is_tracing():
+        if capturing_graph():
             pooled = x
             if x.shape[2:] != self.dct_size:
                 pooled = adaptive_avg_pool2d(x, self.dct_size)

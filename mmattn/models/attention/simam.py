@@ -4,7 +4,7 @@ from typing import Tuple
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from mmattn.models.common import (channel_blocks, exporting, needs_grad,
+from mmattn.models.common import (capturing_graph, channel_blocks, needs_grad,
                                   spatial_mean_var)
 from mmattn.registry import MODELS
 from .base import AttentionModule
@@ -85,7 +85,7 @@ def simam_forward(x: torch.Tensor, mean: torch.Tensor,
     channels at a time on the CPU (:func:`channel_blocks`), so that the
     gate's temporaries stay in cache: memory sees one read of x and one
     write of the output."""
-    if exporting():  # plain graph ops (the loop's out= writes)
+    if capturing_graph():  # plain graph ops (the loop's out= writes)
         gate = (x - mean).square().mul(inv).add(0.5).sigmoid()
         return x * gate.to(x.dtype)
     out = torch.empty_like(x)
