@@ -6,8 +6,8 @@ import torch.nn as nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from mmattn.models.common import (batch_norm_state, batch_norm_with_stats,
-                                  channel_block_size, check_positive_int,
-                                  needs_grad)
+                                  channel_block_size, channel_blocks,
+                                  check_positive_int, needs_grad)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 
@@ -24,12 +24,16 @@ def _bn_importance(bn: nn.Module) -> torch.Tensor:
 def nam_channel_gate_(y: torch.Tensor, x: torch.Tensor,
                       importance: torch.Tensor) -> torch.Tensor:
     """NAM's output ``x * sigmoid(w * y)`` from ``y = BN(x)``, w the
-    ``importance`` (C,): the eager module's operations, so its result bit
-    for bit, done in place in y when the gate keeps y's dtype."""
+    ``importance`` (C,): the eager module's operations, done in place in y
+    when the gate keeps y's dtype, a block of
+    channels at a time (:func:`~mmattn.models.common.channel_blocks`: one
+    pass over memory instead of three)."""
     importance = importance.view(1, -1, 1, 1)
     if torch.result_type(y, importance) != y.dtype:
         return x * torch.sigmoid(y * importance).to(x.dtype)
-    return y.mul_(importance).sigmoid_().mul_(x)
+    for y_b, x_b, importance_b in channel_blocks(y, x, importance):
+        y_b.mul_(importance_b).sigmoid_().mul_(x_b)
+    return y
 
 
 class NAMChannelFunction(torch.autograd.Function):
@@ -60,7 +64,9 @@ class NAMChannelFunction(torch.autograd.Function):
     :func:`~mmattn.models.common.batch_norm_with_stats` (one
     ``torch.native_batch_norm`` call, running statistics updated as
     ``nn.BatchNorm2d`` does) followed by :func:`nam_channel_gate_`: the
-    eager module's output bit for bit.
+    eager module's output, up to the last bit of the sigmoid (its vector
+    and scalar code split a block's elements differently from the whole
+    map's).
     """
 
     @staticmethod

@@ -271,9 +271,11 @@ def eager_forward(layer, x):
 @pytest.mark.parametrize('size', [(13, 21), (1, 1)])
 def test_function_forward_and_running_stats_equal_eager(
         training, momentum, size, channel_blocks):
-    """Output bit for bit and running statistics (momentum None: the
-    cumulative average) exactly as the plain ops give, over three steps;
-    then the gradients of x, gamma and beta."""
+    """Output as the plain ops give (bit for bit but for the last bit of
+    the sigmoid, whose vector and scalar code round differently when the
+    gate runs in channel blocks) and running statistics (momentum None:
+    the cumulative average) exactly, over three steps; then the gradients
+    of x, gamma and beta."""
     torch.manual_seed(0)
     layer = randomize_(NAM(6, momentum=momentum)).train(training)
     ref = copy.deepcopy(layer)
@@ -281,7 +283,7 @@ def test_function_forward_and_running_stats_equal_eager(
     x_ref = x.detach().clone().requires_grad_()
     for _ in range(3):
         out, expected = layer(x), eager_forward(ref, x_ref)
-        assert torch.equal(out, expected)
+        torch.testing.assert_close(out, expected, rtol=2**-22, atol=0)
     for name in ('running_mean', 'running_var', 'num_batches_tracked'):
         assert torch.equal(getattr(layer.channel_bn, name),
                            getattr(ref.channel_bn, name)), name
