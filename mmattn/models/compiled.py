@@ -118,7 +118,8 @@ def compile_attention(model: nn.Module, **options: Any) -> List[str]:
     options = _with_defaults(options)
     names: List[str] = []
     for name, module in model.named_modules():
-        inside = any(name.startswith(f'{outer}.') for outer in names)
+        inside = any(outer == '' or name.startswith(f'{outer}.')
+                     for outer in names)
         if isinstance(module, ATTENTION_TYPES) and not inside and \
                 not isinstance(module, EAGER_ONLY):
             module._compiled_call_impl = CompiledCall(module, **options)
@@ -133,5 +134,5 @@ def is_compiled(module: nn.Module) -> bool:
     return isinstance(call, CompiledCall) and not call.failed
 
 
-__all__ = ['ATTENTION_TYPES', 'EAGER_ONLY', 'CompiledCall', 'compile_attention',
-           'is_compiled']
+__all__ = ['ATTENTION_TYPES', 'EAGER_ONLY', 'CompiledCall',
+           'compile_attention', 'is_compiled']

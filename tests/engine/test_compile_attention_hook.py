@@ -1,8 +1,10 @@
 """``CompileAttentionHook`` and the ``--compile-attention`` flag of
 ``tools/train.py`` / ``tools/test.py``."""
+import os.path as osp
 from types import SimpleNamespace
 
 import pytest
+from conftest import REPO
 from helpers import load_tool
 from mmdet.models import ResNet
 from mmengine.config import Config
@@ -12,7 +14,7 @@ from mmattn.engine.hooks import (CompileAttentionHook,
                                  add_compile_attention_hook)
 from mmattn.models.compiled import is_compiled
 
-DEMO = 'configs/demo/mask_rcnn_eca_r18_fpn_shapes.py'
+DEMO = osp.join(REPO, 'configs', 'demo', 'mask_rcnn_eca_r18_fpn_shapes.py')
 
 
 def test_hook_is_added_once():
@@ -26,7 +28,8 @@ def test_hook_is_added_once():
 def test_hook_compiles_the_attention_of_the_runner_s_model():
     model = ResNet(depth=50, plugins=[
         dict(cfg=dict(type='ECA'), position='after_conv3')])
-    runner = SimpleNamespace(model=model, logger=MMLogger.get_current_instance())
+    runner = SimpleNamespace(model=model,
+                             logger=MMLogger.get_current_instance())
     CompileAttentionHook(dynamic=False).before_run(runner)
     ecas = [m for n, m in model.named_modules() if n.endswith('.eca')]
     assert len(ecas) == 16 and all(is_compiled(m) for m in ecas)

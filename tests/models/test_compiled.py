@@ -92,6 +92,8 @@ def test_an_attention_module_inside_another_compiles_with_it():
     outer.add_module('bam', build('BAM', channels=32))
     outer.bam.add_module('inner', build('SE', channels=32))
     assert compile_attention(outer) == ['bam']
+    assert compile_attention(outer.bam) == ['']
+    assert not is_compiled(outer.bam.inner)
 
 
 def test_options_over_the_defaults():
