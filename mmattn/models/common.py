@@ -581,15 +581,15 @@ class _ScaleByMaps(torch.autograd.Function):
     """:func:`scale_by_maps` under autograd: saves x and the small maps,
     never the full-size gate; forward and backward run a block of channels
     at a time (:func:`channel_block_size`), the gate rebuilt in cache. With
-    :math:`m = (m_1 \circ \dots \circ m_k) / d`, :math:`\circ` the sum
+    :math:`m = (m_1 \\circ \\dots \\circ m_k) / d`, :math:`\\circ` the sum
     or the product, and upstream g:
 
     .. math::
 
-        \frac{\partial L}{\partial x} = g\, m, \qquad
-        \frac{\partial L}{\partial m_i} = \frac{1}{d}
-            \sum_{\text{dims } m_i \text{ broadcasts over}} g\, x\,
-            \frac{\partial (m_1 \circ \dots \circ m_k)}{\partial m_i}
+        \\frac{\\partial L}{\\partial x} = g\\, m, \\qquad
+        \\frac{\\partial L}{\\partial m_i} = \\frac{1}{d}
+            \\sum_{\\text{dims } m_i \\text{ broadcasts over}} g\\, x\\,
+            \\frac{\\partial (m_1 \\circ \\dots \\circ m_k)}{\\partial m_i}
 
     the last factor 1 for the sum, the product of the other maps for the
     product.
