@@ -22,7 +22,10 @@ from mmattn.engine.launch import (ConfigOptionsAction, parse_option_value,
 DEMO = osp.join(REPO, 'configs', 'demo', 'mask_rcnn_eca_r18_fpn_shapes.py')
 TRAIN = osp.join(REPO, 'tools', 'train.py')
 TEST = osp.join(REPO, 'tools', 'test.py')
-TRAIN_ITERS = 40
+#: Long enough for the demo model to learn something on any CPU: after 40
+#: iterations its bbox mAP@0.5 was 0.045 on one machine (the test wants
+#: > 0.05), after 60 0.37.
+TRAIN_ITERS = 60
 
 
 def run(cmd, tmp_path, extra_path=(), timeout=600):
