@@ -1,5 +1,6 @@
 # GC RetinaNet, ResNet-101-FPN (arXiv 1904.11492).
-# Attention: ContextBlock (r = 1/16) after conv3 + BN of the blocks of c3-c5.
+# Attention: GlobalContext (mmcv's ContextBlock, r = 1/16) after conv3 + BN of
+# the blocks of c3-c5.
 # Backbone init: the GC-ResNet-101 ImageNet classifier of
 # configs/pretrain/gc_resnet101_8xb32_in1k.py (tools/train.py writes its last
 # checkpoint where init_cfg below looks). Until that file exists,

@@ -1,6 +1,7 @@
 # GC-ResNet-101 ImageNet-1k classifier (arXiv 1904.11492): the pretrained
 # backbone of configs/*_gc_r101_fpn.py.
-# Attention: ContextBlock (r = 1/16) after conv3 + BN of the blocks of c3-c5.
+# Attention: GlobalContext (mmcv's ContextBlock, r = 1/16) after conv3 + BN of
+# the blocks of c3-c5.
 # Recipe: the papers' (mmpretrain's ResNet one), in
 # configs/_base_/pretrain/imagenet_8xb32_100e.py.
 # Train: python tools/train.py configs/pretrain/gc_resnet101_8xb32_in1k.py
@@ -17,5 +18,5 @@ _base_ = [
 model = dict(
     backbone=dict(
         _base_.attention_backbone,
-        type='mmdet.ResNet',
+        type='mmdet.AttentionResNet',
         norm_eval=False))

@@ -41,14 +41,15 @@ def test_resnet50_classifier_matches_published_totals(name, gflops, mparams,
 
 def test_gates_and_pooling_are_counted():
     """SE at every block output: the global mean reads every element
-    once, the x * s product writes every element once, the two FCs are
-    their MACs (with biases not counted)."""
+    once, the x * s product writes every element once, the two FCs
+    (1x1 convs run as matrix products, DescriptorConv) are their MACs (with
+    biases not counted)."""
     cfg = Config.fromfile(config('faster_rcnn_se_r50_fpn')).model.backbone
     ops = classifier_complexity(cfg).attention_by_operator
     assert ops['mean'] == AFTER_CONV3_ELEMENTS
     assert ops['mul'] == AFTER_CONV3_ELEMENTS
     fc_macs = sum(2 * n * c * (c // 16) for c, _, n in R50_AFTER_CONV3)
-    assert ops['conv'] == fc_macs
+    assert ops['linear'] == fc_macs and 'conv' not in ops
     gates = sum(c * n for c, _, n in R50_AFTER_CONV3)
     assert ops['sigmoid'] == gates
 

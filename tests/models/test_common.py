@@ -162,10 +162,10 @@ def test_per_channel_sums_in_blocks(block_numel, channels_last, monkeypatch):
     grad, x = torch.randn(2, 2, 7, 5, 3, dtype=torch.float64).unbind(0)
     if channels_last:
         grad = grad.contiguous(memory_format=torch.channels_last)
-    dots, sums = common._per_channel_sums(grad, x, True)
+    dots, sums = common.per_channel_sums(grad, x, True)
     torch.testing.assert_close(dots, (grad * x).sum((2, 3)))
     torch.testing.assert_close(sums, grad.sum((2, 3)))
-    assert common._per_channel_sums(grad, x, False)[1] is None
+    assert common.per_channel_sums(grad, x, False)[1] is None
 
 
 @pytest.mark.parametrize('correction', [0, 1])
@@ -219,3 +219,29 @@ def test_scale_by_maps_gradcheck_and_values(divisor, channel_blocks):
     assert torch.autograd.gradcheck(
         lambda *args: scale_by_maps(args[0], args[1:], divisor),
         (x, *maps))
+
+
+@pytest.mark.parametrize('bias', [True, False])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_descriptor_conv_is_the_1x1_conv(bias, channels_last):
+    conv = nn.Conv2d(12, 5, 1, bias=bias).double()
+    fc = common.DescriptorConv.from_conv(conv)
+    assert fc.weight is conv.weight and fc.bias is conv.bias
+    assert fc.state_dict().keys() == conv.state_dict().keys()
+    for size in [(1, 1), (3, 4)]:  # a descriptor, and a map (the conv)
+        x = torch.randn(2, 12, *size, dtype=torch.float64,
+                        requires_grad=True)
+        if channels_last:
+            x = x.to(memory_format=torch.channels_last)
+        out = fc(x)
+        assert out.shape == (2, 5, *size)
+        torch.testing.assert_close(out, conv(x), rtol=1e-12, atol=1e-12)
+        assert torch.autograd.gradcheck(fc, (x, ))
+
+
+@pytest.mark.parametrize('conv', [
+    nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 1, groups=2),
+    nn.Conv2d(4, 4, 1, stride=2), nn.Conv2d(4, 4, 1, padding=1)])
+def test_descriptor_conv_refuses_other_convs(conv):
+    with pytest.raises(ValueError, match='conv must be a plain 1x1'):
+        common.DescriptorConv.from_conv(conv)

@@ -43,6 +43,7 @@ NETWORKS = {
             plugin('SE', S1), plugin('SimAM', S1), plugin('CBAM', S2),
             plugin('MultiSpectralAttention', S2), plugin('SGE', S3),
             plugin('CoordAttention', S4), plugin('NonLocal', S3),
+            plugin('GlobalContext', S4),
             plugin('BAM', (True, True, True, False)),
             plugin('DualAttention', S4)]),
     'psa': dict(

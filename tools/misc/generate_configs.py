@@ -94,8 +94,8 @@ ATTENTIONS: Dict[str, Attention] = {
                       'PSA conv in place of every block\'s 3x3 conv '
                       '(EPSANet)', replaces_conv=True),
     'gc': Attention('GC', 'arXiv 1904.11492',
-                    'ContextBlock (r = 1/16) after conv3 + BN of the '
-                    'blocks of c3-c5'),
+                    'GlobalContext (mmcv\'s ContextBlock, r = 1/16) after '
+                    'conv3 + BN of the blocks of c3-c5'),
     'nl': Attention('Non-local', 'arXiv 1711.07971',
                     'one non-local block in c4, before its last block '
                     '(NLResNet)'),

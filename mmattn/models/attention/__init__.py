@@ -3,7 +3,7 @@ from .base import POSITIONS, AttentionModule, ChannelGate
 from .bam import BAM
 from .cbam import CBAM
 from .ccnet import CrissCrossAttention
-from .context_block import ContextBlock
+from .context_block import ContextBlock, GlobalContext
 from .coord import CoordAttention
 from .danet import DualAttention
 from .eca import ECA
@@ -21,4 +21,4 @@ __all__ = ['POSITIONS', 'AttentionModule', 'ChannelGate', 'SE', 'ECA', 'CBAM',
            'TripletAttention', 'BAM', 'NAM', 'SGE', 'SimAM',
            'MultiSpectralAttention', 'CoordAttention', 'GatherExcite',
            'ResidualAttention', 'DualAttention', 'CrissCrossAttention',
-           'NonLocal', 'ContextBlock']
+           'NonLocal', 'ContextBlock', 'GlobalContext']

@@ -29,11 +29,16 @@ class AttentionModule(nn.Module):
     * implements its official initialisation in :meth:`init_weights`.
       mmengine's ``BaseModule.init_weights`` calls it *after* the parent
       backbone's generic Kaiming/Constant init, so zero-initialised gates
-      survive a ResNet built without a checkpoint.
+      survive a ResNet built without a checkpoint;
+    * sets ``takes_norm_input`` if its ``forward(x, norm_input=None,
+      residual=None)`` accepts a BatchNorm's input and affine in place of
+      x for its backward, and the block's shortcut to add (see
+      :class:`ChannelGate`); residual blocks then hand them over.
     """
 
     _abbr_: ClassVar[str] = 'attention'
     default_position: ClassVar[str] = 'after_conv3'
+    takes_norm_input: ClassVar[bool] = False
 
     def init_weights(self) -> None:
         """Official initialisation; the default keeps PyTorch's."""
@@ -53,6 +58,8 @@ class ChannelGate(AttentionModule):
     passes its shortcut as ``residual``: the output is then
     ``residual + x * s``, written once.
     """
+
+    takes_norm_input = True
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The gate s, (B, C, H, W) -> (B, C, 1, 1), in x's dtype."""

@@ -4,8 +4,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from mmattn.models.common import (ActLayer, create_act, reduced_channels,
-                                  spatial_mean)
+from mmattn.models.common import (ActLayer, DescriptorConv, create_act,
+                                  reduced_channels, spatial_mean)
 from mmattn.registry import MODELS
 from .base import ChannelGate
 
@@ -54,9 +54,9 @@ class SE(ChannelGate):
         rd_channels = reduced_channels(in_channels, rd_ratio, rd_channels,
                                        rd_divisor)
         # 1x1 convs act as the FCs on the pooled (B, C, 1, 1) descriptor.
-        self.fc1 = nn.Conv2d(in_channels, rd_channels, 1, bias=bias)
+        self.fc1 = DescriptorConv(in_channels, rd_channels, bias=bias)
         self.act = create_act(act_layer, 'act_layer')
-        self.fc2 = nn.Conv2d(rd_channels, in_channels, 1, bias=bias)
+        self.fc2 = DescriptorConv(rd_channels, in_channels, bias=bias)
         self.gate = create_act(gate_layer, 'gate_layer')
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,11 +10,13 @@ mmdet's ``Bottleneck`` takes plugins after conv1/conv2/conv3 only, and its
   (and every module's ``default_position``) serves both block types;
 * ``after_block`` modules, applied to the block's output after the final
   ReLU (Non-local networks append their blocks there);
-* a lean path for a channel gate right after the block's last norm
-  (:class:`~mmattn.models.attention.ChannelGate`, e.g. SE, ECA): the gate
-  is handed the norm's input and affine (:func:`batch_norm_with_affine`),
-  so that training keeps no copy of the norm's output for its backward,
-  and the shortcut, to add in the pass of its product;
+* a lean path for a module right after the block's last norm that takes
+  it (``takes_norm_input``: the channel gates
+  :class:`~mmattn.models.attention.ChannelGate`, e.g. SE, ECA, and GC's
+  :class:`~mmattn.models.attention.GlobalContext`): the module is handed
+  the norm's input and affine (:func:`batch_norm_with_affine`), so that
+  training keeps no copy of the norm's output for its backward, and the
+  shortcut, to add in the pass of its product;
 * a replacement of the block's strided 3x3 conv (``attn_conv``, e.g.
   :class:`~mmattn.models.backbones.SKConv`, :class:`PSAConv`): conv2 of a
   Bottleneck, conv1 of a BasicBlock (as timm's SK-ResNet-18/34). A
@@ -33,7 +35,6 @@ from mmcv.cnn import build_conv_layer, build_plugin_layer
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
 from mmdet.models.backbones.resnext import Bottleneck as ResNeXtBottleneck
 
-from mmattn.models.attention import ChannelGate
 from mmattn.models.common import (NormInput, batch_norm_state,
                                   batch_norm_with_stats, check_choice,
                                   needs_grad)
@@ -101,8 +102,10 @@ class _AttentionBlockMixin:
         """``forward_plugin(norm(z), plugin_names) + identity``: the end of
         a residual block before its final ReLU.
 
-        A :class:`ChannelGate` first in line after a ``BatchNorm2d`` gets
-        the norm's input and affine (:func:`batch_norm_with_affine`), so
+        A module with ``takes_norm_input`` (a
+        :class:`~mmattn.models.attention.ChannelGate`, ``GlobalContext``)
+        first in line after a ``BatchNorm2d`` gets the
+        norm's input and affine (:func:`batch_norm_with_affine`), so
         that its backward keeps ``z``, which the norm keeps anyway, rather
         than ``norm(z)``; when it is also the last plugin, the shortcut
         too, to add in the same pass as its product. Other norms (SyncBN,
@@ -111,7 +114,8 @@ class _AttentionBlockMixin:
         plain path."""
         gate = getattr(self, plugin_names[0]) if plugin_names else None
         hooked = norm._forward_hooks or norm._forward_pre_hooks
-        if not (isinstance(gate, ChannelGate) and type(norm) is nn.BatchNorm2d
+        if not (getattr(gate, 'takes_norm_input', False)
+                and type(norm) is nn.BatchNorm2d
                 and needs_grad(z) and not hooked):
             return self.forward_plugin(norm(z), plugin_names) + identity
         x, affine = batch_norm_with_affine(norm, z)

@@ -5,8 +5,9 @@ from typing import ClassVar, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from mmattn.models.common import (check_divisible, check_odd_kernel,
-                                  reduced_channels, spatial_mean)
+from mmattn.models.common import (DescriptorConv, check_divisible,
+                                  check_odd_kernel, reduced_channels,
+                                  spatial_mean)
 from mmattn.registry import MODELS
 from .sk import IntPair, _single
 
@@ -17,9 +18,9 @@ class _SEWeight(nn.Module):
 
     def __init__(self, channels: int, rd_channels: int) -> None:
         super().__init__()
-        self.fc1 = nn.Conv2d(channels, rd_channels, 1)
+        self.fc1 = DescriptorConv(channels, rd_channels)
         self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(rd_channels, channels, 1)
+        self.fc2 = DescriptorConv(rd_channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = spatial_mean(x).to(x.dtype)  # (B, C', 1, 1)

@@ -16,7 +16,7 @@ from mmattn.registry import MODELS
 
 #: Every attention type name mmattn promises (issue 3); users rely on them.
 TYPE_NAMES = ('SE', 'ECA', 'CBAM', 'BAM', 'NAM', 'SGE', 'ContextBlock',
-              'NonLocal', 'DualAttention', 'CrissCrossAttention',
+              'GlobalContext', 'NonLocal', 'DualAttention', 'CrissCrossAttention',
               'CoordAttention', 'TripletAttention', 'SimAM', 'GatherExcite',
               'MultiSpectralAttention', 'ResidualAttention')
 
