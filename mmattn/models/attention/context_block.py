@@ -39,9 +39,9 @@ from mmcv.cnn.bricks.context_block import ContextBlock
 from torch.autograd.function import once_differentiable
 
 from mmattn.models.common import (DescriptorConv, NormInput,
-                                  accumulate_dtype, capturing_graph,
-                                  check_choice, check_positive_int,
-                                  needs_grad, per_channel_sums)
+                                  accumulate_dtype, check_choice,
+                                  check_positive_int, needs_grad,
+                                  per_channel_sums)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 
@@ -253,8 +253,10 @@ class GlobalContext(ContextBlock, AttentionModule):
     the (B, C, 1, 1) context). Inference computes the
     attention pooling with the same two batched products
     (:func:`attention_pool`) instead of mmcv's 1x1 convolution, then mmcv's
-    fusion; graph capture (tracing, ONNX, ``torch.compile``) and ``'avg'``
-    pooling run mmcv's forward.
+    fusion, and so does graph capture (tracing, ONNX, ``torch.compile``,
+    which derives its own backward: about the eager pass's time on the
+    CPU, where compiling mmcv's ops costs 2x more). ``'avg'`` pooling runs
+    mmcv's forward.
 
     Position: after conv3 + BN of a bottleneck, before the residual add
     (``after_conv3``); the paper's detection setting is ratio 1/16 in
@@ -300,8 +302,8 @@ class GlobalContext(ContextBlock, AttentionModule):
                 branch[3] = DescriptorConv.from_conv(branch[3])
 
     def spatial_pool(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pooling_type != 'att' or capturing_graph():
-            return super().spatial_pool(x)  # mmcv's ops
+        if self.pooling_type != 'att':
+            return super().spatial_pool(x)  # mmcv's average pooling
         return attention_pool(x, self.conv_mask.weight,
                               self.conv_mask.bias)[0].to(x.dtype)
 
