@@ -22,6 +22,9 @@ pytestmark = pytest.mark.slow
 
 #: fp32 sums in another order
 TOL = 1e-4
+#: SGE at 64 channels normalises groups of one channel (G = 64): the
+#: division by each group's std amplifies the reordering to ~2e-4
+TOLS = {'SGE': 1e-3}
 
 
 def _builders():
@@ -47,23 +50,26 @@ def test_compiled_module_computes_what_eager_computes(name):
     eager = randomize_(BUILDERS[name]()).train()
     compiled = copy.deepcopy(eager)
     assert compile_attention(compiled) == ['']
-    x = torch.randn(3, 64, 12, 10)
+    # a fixed input: with a random one, a ReLU input or a 3-sample batch
+    # norm near its kink now and then turns fp32 reordering into 1e-2
+    x = torch.randn(3, 64, 12, 10, generator=torch.Generator().manual_seed(0))
+    tol = TOLS.get(name, TOL)
     for shape in (x, x[:, :, :9, :7]):  # a second size: dynamic shapes
         out, grad_x = _run(eager, shape)
         out_c, grad_x_c = _run(compiled, shape)
-        assert_rel_close(out_c, out, TOL)
-        assert_rel_close(grad_x_c, grad_x, TOL)
+        assert_rel_close(out_c, out, tol)
+        assert_rel_close(grad_x_c, grad_x, tol)
     assert is_compiled(compiled), 'fell back to eager'
     # a bias before a norm or a softmax has a gradient of rounding noise:
     # errors are measured against the largest parameter gradient
     grads = [p.grad for p in eager.parameters()]
     scale = max((g.abs().max() for g in grads), default=0)
     for grad, p_c in zip(grads, compiled.parameters()):
-        torch.testing.assert_close(p_c.grad, grad, rtol=TOL,
-                                   atol=TOL * scale)
+        torch.testing.assert_close(p_c.grad, grad, rtol=tol,
+                                   atol=tol * scale)
     for (key, b), b_c in zip(eager.named_buffers(), compiled.buffers()):
         if b.is_floating_point():
-            assert_rel_close(b_c, b, TOL)
+            assert_rel_close(b_c, b, tol)
         else:  # num_batches_tracked
             assert torch.equal(b_c, b), key
 
