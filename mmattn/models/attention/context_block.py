@@ -183,8 +183,9 @@ class _Fuse(torch.autograd.Function):
         ctx.add_dtype = None if add is None else add.dtype
         if mul is None:
             ctx.save_for_backward(None, None, None, None)
-            out = x + add if residual is None else torch.add(x, residual)
-            return out if residual is None else out.add_(add)
+            if residual is None:
+                return x + add
+            return torch.add(x, residual).add_(add)
         if source is None:
             ctx.save_for_backward(mul, x, None, None)
         else:
