@@ -579,7 +579,7 @@ class _ScaleChannels(torch.autograd.Function):
             ctx.save_for_backward(scale, x, None, None)
         else:
             ctx.save_for_backward(scale, source, weight, bias)
-        return _product(x, scale, residual)
+        return multiply_add(x, scale, residual)
 
     @staticmethod
     @once_differentiable
@@ -595,9 +595,10 @@ class _ScaleChannels(torch.autograd.Function):
         return grad_x, grad_scale, grad_residual, None, None, None
 
 
-def _product(x: torch.Tensor, scale: torch.Tensor,
-             residual: Optional[torch.Tensor]) -> torch.Tensor:
-    """``x * scale``, or ``residual + x * scale`` in one pass."""
+def multiply_add(x: torch.Tensor, scale: torch.Tensor,
+                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x * scale``, or ``residual + x * scale`` in one pass (one write of
+    the output instead of two)."""
     if residual is None:
         return x * scale
     return torch.addcmul(residual, x, scale)
@@ -626,7 +627,7 @@ def scale_channels(x: torch.Tensor,
     tracing, export) it is the plain product (and sum).
     """
     if not needs_grad(x, scale):
-        return _product(x, scale, residual)
+        return multiply_add(x, scale, residual)
     if norm_input is None:
         return _ScaleChannels.apply(x, scale, residual, None, None, None)
     source, weight, bias = norm_input

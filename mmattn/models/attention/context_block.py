@@ -40,8 +40,8 @@ from torch.autograd.function import once_differentiable
 
 from mmattn.models.common import (DescriptorConv, NormInput,
                                   accumulate_dtype, check_choice,
-                                  check_positive_int, needs_grad,
-                                  per_channel_sums)
+                                  check_positive_int, multiply_add,
+                                  needs_grad, per_channel_sums)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 
@@ -190,8 +190,7 @@ class _Fuse(torch.autograd.Function):
             ctx.save_for_backward(mul, x, None, None)
         else:
             ctx.save_for_backward(mul, source, *affine)
-        out = x * mul if residual is None else torch.addcmul(residual, x,
-                                                             mul)
+        out = multiply_add(x, mul, residual)
         return out if add is None else out.add_(add)
 
     @staticmethod
