@@ -45,3 +45,32 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             elif name.endswith('running_mean'):
                 b.copy_(torch.randn(b.shape, generator=gen, dtype=b.dtype))
     return module
+
+
+def assert_training_pass_matches(module: torch.nn.Module, reference,
+                                 x: torch.Tensor, tol: float = 1e-10) -> None:
+    """``module(x, residual=r)`` in train mode against autograd through
+    ``reference(module, x) + r``: the output and the gradients of x, r and
+    every parameter, for a random upstream gradient (fp64 inputs expected:
+    the hand-written backward passes are checked to rounding). Errors are
+    relative to max(|expected|, 1): a gradient that vanishes exactly (a
+    bias before a train-mode BN) compares as rounding noise."""
+    module.train()
+    gen = torch.Generator().manual_seed(1)
+    residual = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    upstream = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    results = []
+    for run in (lambda t, r: module(t, residual=r),
+                lambda t, r: reference(module, t) + r):
+        module.zero_grad()
+        inputs = [x.detach().clone().requires_grad_(),
+                  residual.clone().requires_grad_()]
+        out = run(*inputs)
+        out.backward(upstream)
+        results.append([out.detach(), *(t.grad for t in inputs),
+                        *(p.grad.clone() for p in module.parameters())])
+    for actual, expected in zip(*results):
+        assert actual.shape == expected.shape, (actual.shape, expected.shape)
+        err = (actual - expected).abs().max() / expected.abs().max().clamp(
+            min=1)
+        assert err < tol, f'error {err:.3e} >= {tol:.0e}'

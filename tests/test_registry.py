@@ -83,7 +83,8 @@ def test_mmpretrain_scope_finds_mmattn_modules():
         n = sum(type(m).__name__ == 'SE' for m in model.modules())
         print(type(model).__name__, n, type(direct).__module__)
     ''')
-    assert out.split() == ['ImageClassifier', '16', 'mmattn.models.attention.se']
+    assert out.split() == ['ImageClassifier', '16',
+                           'mmattn.models.attention.se']
 
 
 def test_plain_python_without_default_scope():

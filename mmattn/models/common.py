@@ -343,17 +343,65 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+class GradientHandoff:
+    """Passes a partial input gradient between the hand-written backward
+    passes of one module, so that the input gradient is written once.
+
+    When a module reads x in several autograd functions (a pooling, then a
+    product with the gates the pooling led to), autograd has each backward
+    write its own full-size gradient of x and sums them. Instead, the last
+    function (whose backward runs first) stores its gradient of x in
+    ``grad`` and returns None for x; each earlier one adds its share in
+    place; the first, whose backward runs last, returns the total. The
+    order is guaranteed: each function's output feeds the next one's
+    inputs. ``grad`` has the layout ``torch.empty_like(x)`` gives x.
+    """
+
+    __slots__ = ('grad', )
+
+    def __init__(self) -> None:
+        self.grad: Optional[torch.Tensor] = None
+
+    def take(self) -> Optional[torch.Tensor]:
+        """The gradient handed over (None if none), cleared for the next
+        backward of a retained graph."""
+        grad, self.grad = self.grad, None
+        return grad
+
+
+def _as_layout_of(grad: torch.Tensor, shape: torch.Size,
+                  stride: Tuple[int, ...]) -> torch.Tensor:
+    """``grad`` (laid out as ``empty_like(x)``) seen as a pooled view of x
+    that reshapes x in its memory order (x itself, x.flatten(2) of an NCHW
+    x, (B, HW, C) of a channels-last one): the same memory, the view's
+    shape and the strides ``empty_like`` gives the view."""
+    # dense: its strides, sorted, are the running products of its sizes
+    dense, expected = True, 1
+    for size, step in sorted(zip(grad.shape, grad.stride()),
+                             key=lambda pair: pair[1]):
+        dense &= size == 1 or step == expected
+        expected *= size
+    if not dense or grad.numel() != math.prod(shape):
+        raise RuntimeError(f'GradientHandoff: a gradient of shape '
+                           f'{tuple(grad.shape)} cannot serve an input of '
+                           f'shape {tuple(shape)}')
+    return grad.as_strided(shape, stride)
+
+
 class _MaxMeanPool(torch.autograd.Function):
     """:func:`max_mean_pools` with a backward that writes the input
     gradient once: the mean shares broadcast and summed, then each max's
     share added at its saved argmax (autograd would materialise every share
-    and sum them one by one)."""
+    and sum them one by one); with a :class:`GradientHandoff`, all of it
+    added to the gradient handed over."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, dims: Tuple[int, ...]):
+    def forward(ctx, x: torch.Tensor, dims: Tuple[int, ...],
+                handoff: Optional[GradientHandoff]):
         pooled, indices = zip(*(_max_mean(x, dim) for dim in dims))
         ctx.save_for_backward(*indices)
         ctx.dims, ctx.shape, ctx.dtype = dims, x.shape, x.dtype
+        ctx.handoff = handoff
         # the strides empty_like(x) would give: a rotated view's own
         ctx.stride = torch.empty_like(x, device='meta').stride()
         return pooled
@@ -364,17 +412,24 @@ class _MaxMeanPool(torch.autograd.Function):
         grads = [g.to(ctx.dtype) for g in grads]
         means = [(g.narrow(d, 1, 1) / ctx.shape[d]).expand(ctx.shape)
                  for g, d in zip(grads, ctx.dims)]
-        grad_x = torch.empty_strided(ctx.shape, ctx.stride, dtype=ctx.dtype,
-                                     device=grads[0].device)
-        if len(means) > 1:
-            torch.add(means[0], means[1], out=grad_x)
+        grad_x = None if ctx.handoff is None else ctx.handoff.take()
+        if grad_x is not None:
+            grad_x = _as_layout_of(grad_x, ctx.shape, ctx.stride)
+            for mean in means:
+                grad_x.add_(mean)
         else:
-            grad_x.copy_(means[0])
-        for mean in means[2:]:
-            grad_x.add_(mean)
+            grad_x = torch.empty_strided(ctx.shape, ctx.stride,
+                                         dtype=ctx.dtype,
+                                         device=grads[0].device)
+            if len(means) > 1:
+                torch.add(means[0], means[1], out=grad_x)
+            else:
+                grad_x.copy_(means[0])
+            for mean in means[2:]:
+                grad_x.add_(mean)
         for grad, dim, indices in zip(grads, ctx.dims, ctx.saved_tensors):
             grad_x.scatter_add_(dim, indices, grad.narrow(dim, 0, 1))
-        return grad_x, None
+        return grad_x, None, None
 
 
 def _max_mean(x: torch.Tensor, dim: int, argmax: bool = True):
@@ -389,7 +444,9 @@ def _max_mean(x: torch.Tensor, dim: int, argmax: bool = True):
 
 
 def max_mean_pools(x: torch.Tensor,
-                   dims: Tuple[int, ...]) -> Tuple[torch.Tensor, ...]:
+                   dims: Tuple[int, ...],
+                   handoff: Optional[GradientHandoff] = None
+                   ) -> Tuple[torch.Tensor, ...]:
     """For each of ``dims``: max and mean over it, concatenated there
     (``[max; mean]``, size 2), in at least fp32. One dim: the pooling of
     CBAM's channel gate (over the flattened H x W) and the Z-pool (over
@@ -399,20 +456,23 @@ def max_mean_pools(x: torch.Tensor,
     codes' ``F.max_pool2d`` / ``torch.max(x, dim)``; ``amax`` would split it
     among ties at the price of a full-size comparison mask in the backward.
     The gradients of all the poolings are written into one tensor, with
-    x's strides (views welcome).
+    x's strides (views welcome): the one a later function of the module
+    hands over through ``handoff``, if any (x then x itself or a reshaping
+    view of it in memory order, see :class:`GradientHandoff`).
     """
     dims = tuple(d % x.dim() for d in dims)
     if needs_grad(x):
-        return _MaxMeanPool.apply(x, dims)
+        return _MaxMeanPool.apply(x, dims, handoff)
     # compiled: max with its argmax, so that the derived backward too sends
     # the gradient to one maximal element
     argmax = torch.compiler.is_compiling()
     return tuple(_max_mean(x, dim, argmax)[0] for dim in dims)
 
 
-def max_mean_pool(x: torch.Tensor, dim: int) -> torch.Tensor:
+def max_mean_pool(x: torch.Tensor, dim: int,
+                  handoff: Optional[GradientHandoff] = None) -> torch.Tensor:
     """:func:`max_mean_pools` over one dim."""
-    return max_mean_pools(x, (dim, ))[0]
+    return max_mean_pools(x, (dim, ), handoff)[0]
 
 
 # --------------------------------------------------------------------------
@@ -507,6 +567,16 @@ def channel_blocks(*tensors: torch.Tensor) -> Iterator[Tuple[torch.Tensor,
                  itertools.repeat(t) for t in tensors))
 
 
+def row_blocks(x: torch.Tensor) -> Iterator[slice]:
+    """Slices of dim 2 (rows) of a (B, C, H, W) ``x`` covering about
+    :data:`CPU_BLOCK_NUMEL` elements each on the CPU, one slice elsewhere:
+    for the hand-written passes that reduce over channels."""
+    rows = x.shape[2]
+    size = rows if x.device.type != 'cpu' else max(
+        1, CPU_BLOCK_NUMEL * rows // max(x.numel(), 1))
+    return (slice(start, start + size) for start in range(0, rows, size))
+
+
 def _planes_contiguous(x: torch.Tensor) -> bool:
     """Whether each (sample, channel) H x W plane of ``x`` is one
     contiguous run of memory, so ``x.flatten(2)`` is a view."""
@@ -525,7 +595,7 @@ def per_channel_sums(
     With ``affine = (w, b)``, (1, C) each, ``x`` is the source z of
     ``w * z + b`` (a BatchNorm's input, see :class:`NormInput`) and the
     first sum is that of ``grad * (w * z + b)``, i.e.
-    :math:`w \sum g z + b \sum g`.
+    :math:`w \\sum g z + b \\sum g`.
 
     One dot product per (sample, channel), a block of channels at a time on
     the CPU (:func:`channel_block_size`): the block of ``grad`` is read from
@@ -650,18 +720,26 @@ class _ScaleByMaps(torch.autograd.Function):
             \\frac{\\partial (m_1 \\circ \\dots \\circ m_k)}{\\partial m_i}
 
     the last factor 1 for the sum, the product of the other maps for the
-    product.
+    product; a residual r added to the output gets g. With a
+    :class:`GradientHandoff`, g m goes to it instead of being returned.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, divisor: float, product: bool,
+                residual: Optional[torch.Tensor],
+                handoff: Optional[GradientHandoff],
                 *maps: torch.Tensor) -> torch.Tensor:
-        ctx.divisor, ctx.product = divisor, product
+        ctx.divisor, ctx.product, ctx.handoff = divisor, product, handoff
         ctx.save_for_backward(x, *maps)
         out = torch.empty_like(x)
-        for x_b, out_b, *maps_b in channel_blocks(x, out, *maps):
-            torch.mul(x_b, _maps_gate(maps_b, divisor, product, x.dtype),
-                      out=out_b)
+        blocks = channel_blocks(x, out, x if residual is None else residual,
+                                *maps)
+        for x_b, out_b, r_b, *maps_b in blocks:
+            gate = _maps_gate(maps_b, divisor, product, x.dtype)
+            if residual is None:
+                torch.mul(x_b, gate, out=out_b)
+            else:
+                torch.addcmul(r_b, x_b, gate, out=out_b)
         return out
 
     @staticmethod
@@ -696,7 +774,10 @@ class _ScaleByMaps(torch.autograd.Function):
                     grad_m.add_(part)
                 else:
                     grad_m.copy_(part)
-        return (grad_x, None, None, *grad_maps)
+        grad_residual = grad if ctx.needs_input_grad[3] else None
+        if ctx.handoff is not None:
+            ctx.handoff.grad, grad_x = grad_x, None
+        return (grad_x, None, None, grad_residual, None, *grad_maps)
 
 
 def _maps_gate(maps: Sequence[torch.Tensor], divisor: float, product: bool,
@@ -715,19 +796,26 @@ def _maps_gate(maps: Sequence[torch.Tensor], divisor: float, product: bool,
 def scale_by_maps(x: torch.Tensor,
                   maps: Sequence[torch.Tensor],
                   divisor: float = 1,
-                  product: bool = False) -> torch.Tensor:
+                  product: bool = False,
+                  residual: Optional[torch.Tensor] = None,
+                  handoff: Optional[GradientHandoff] = None) -> torch.Tensor:
     """``x * (maps[0] + maps[1] + ...) / divisor``, maps (in at least x's
-    precision) broadcasting against x (B, C, H, W), e.g. CBAM's (B, 1, H,
-    W) spatial gate or Triplet attention's three branch maps; with
-    ``product``, ``x * (maps[0] * maps[1] * ...) / divisor``, e.g.
-    Coordinate attention's (B, C, H, 1) and (B, C, 1, W) gates.
+    precision) broadcasting against x (B, C, H, W), e.g. Triplet
+    attention's three branch maps; with ``product``, ``x * (maps[0] *
+    maps[1] * ...) / divisor``, e.g. Coordinate attention's (B, C, H, 1)
+    and (B, C, 1, W) gates, or CBAM's (B, C, 1, 1) and (B, 1, H, W) ones.
+    ``residual + ...`` in the same pass when a residual block hands its
+    shortcut as ``residual``.
 
     Under autograd (:class:`_ScaleByMaps`) training keeps x and the maps,
     not the full-size gate (or the partial products) autograd would keep,
     and the maps' gradients are summed a block of channels at a time
-    without a full-size product. Without autograd (inference, graph
-    capture) it is the plain product.
+    without a full-size product; with a ``handoff`` (the module's pooling
+    of x made the maps), the gradient of x goes to the pooling's backward
+    to complete (:class:`GradientHandoff`). Without autograd (inference,
+    graph capture) it is the plain product.
     """
     if not needs_grad(x, *maps):
-        return x * _maps_gate(maps, divisor, product, x.dtype)
-    return _ScaleByMaps.apply(x, divisor, product, *maps)
+        return multiply_add(x, _maps_gate(maps, divisor, product, x.dtype),
+                            residual)
+    return _ScaleByMaps.apply(x, divisor, product, residual, handoff, *maps)

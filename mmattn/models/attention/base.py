@@ -30,14 +30,17 @@ class AttentionModule(nn.Module):
       mmengine's ``BaseModule.init_weights`` calls it *after* the parent
       backbone's generic Kaiming/Constant init, so zero-initialised gates
       survive a ResNet built without a checkpoint;
-    * sets ``takes_norm_input`` if its ``forward(x, norm_input=None,
-      residual=None)`` accepts a BatchNorm's input and affine in place of
-      x for its backward, and the block's shortcut to add (see
-      :class:`ChannelGate`); residual blocks then hand them over.
+    * sets ``takes_residual`` if its ``forward(x, residual=None)`` adds a
+      residual block's shortcut to its output in its own last pass, and
+      ``takes_norm_input`` if its ``forward(x, norm_input=None,
+      residual=None)`` also accepts a BatchNorm's input and affine in place
+      of x for its backward (see :class:`ChannelGate`); residual blocks
+      then hand them over in training.
     """
 
     _abbr_: ClassVar[str] = 'attention'
     default_position: ClassVar[str] = 'after_conv3'
+    takes_residual: ClassVar[bool] = False
     takes_norm_input: ClassVar[bool] = False
 
     def init_weights(self) -> None:
@@ -59,6 +62,7 @@ class ChannelGate(AttentionModule):
     ``residual + x * s``, written once.
     """
 
+    takes_residual = True
     takes_norm_input = True
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,12 +4,12 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from mmattn.models.common import (ActLayer, create_act, max_mean_pool,
-                                  reduced_channels, scale_by_maps,
-                                  scale_channels)
+from mmattn.models.common import (ActLayer, GradientHandoff, create_act,
+                                  max_mean_pool, needs_grad, reduced_channels,
+                                  scale_by_maps, scale_channels)
 from mmattn.registry import MODELS
 from .base import AttentionModule
-from .zpool_gate import ZPoolGate
+from .zpool_gate import ZPoolGate, scaled_zpool
 
 
 @MODELS.register_module()
@@ -67,6 +67,7 @@ class CBAM(AttentionModule):
     """
 
     _abbr_ = 'cbam'
+    takes_residual = True
 
     def __init__(self,
                  in_channels: int,
@@ -97,15 +98,44 @@ class CBAM(AttentionModule):
         if self.spatial_gate is not None:
             self.spatial_gate.init_weights()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
+    def channel_gate(self, x: torch.Tensor,
+                     handoff: Optional[GradientHandoff] = None
+                     ) -> torch.Tensor:
+        """:math:`M_c`, (B, C, 1, 1) in x's dtype."""
+        b, c, h, w = x.shape
         # Both pooled descriptors through the shared MLP in one call.
-        # (B, C, HW) -> [max; mean] (B, C, 2) -> (B, 2, C)
-        pooled = max_mean_pool(x.flatten(2), dim=2).transpose(1, 2).to(
-            x.dtype)
+        if x.stride(1) == 1 and c > 1:  # channels last: (B, HW, C), a view
+            flat, dim = x.permute(0, 2, 3, 1).reshape(b, h * w, c), 1
+        else:  # (B, C, HW), a view of planes-contiguous x
+            flat, dim = x.reshape(b, c, h * w), 2
+        pooled = max_mean_pool(flat, dim, handoff).to(x.dtype)
+        if dim == 2:
+            pooled = pooled.transpose(1, 2)  # [max; mean] (B, 2, C)
         logits = self.fc2(self.act(self.fc1(pooled))).sum(dim=1)  # (B, C)
-        x = scale_channels(x, self.gate(logits).reshape(b, c, 1, 1).to(
-            x.dtype))
+        return self.gate(logits).reshape(b, c, 1, 1).to(x.dtype)
+
+    def forward(self, x: torch.Tensor,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x'' (+ residual)``; a residual block may hand its shortcut as
+        ``residual``, added in the pass of the last product.
+
+        In training the gates' gradients reach x through one tensor
+        (:class:`~mmattn.models.common.GradientHandoff`), and x' is never
+        written: the spatial gate pools :math:`M_c \\otimes x` a block of
+        rows at a time (:func:`~.zpool_gate.scaled_zpool`) and the output
+        is :math:`x \\otimes M_c \\otimes M_s` in one pass, so training
+        keeps x and the small gates only."""
         if self.spatial_gate is None:
-            return x
-        return scale_by_maps(x, [self.spatial_gate(x)])  # (B, 1, H, W) gate
+            return scale_channels(x, self.channel_gate(x), residual=residual)
+        dense = x.is_contiguous() or x.is_contiguous(
+            memory_format=torch.channels_last)  # pooled as views of x
+        if not (needs_grad(x) and dense):
+            x = scale_channels(x, self.channel_gate(x))
+            return scale_by_maps(x, [self.spatial_gate(x)],
+                                 residual=residual)  # (B, 1, H, W) gate
+        handoff = GradientHandoff()
+        scale = self.channel_gate(x, handoff)
+        spatial = self.spatial_gate.gate_pooled(
+            scaled_zpool(x, scale, handoff))  # (B, 1, H, W)
+        return scale_by_maps(x, [scale, spatial], product=True,
+                             residual=residual, handoff=handoff)

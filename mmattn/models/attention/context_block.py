@@ -30,7 +30,8 @@ only if mmcv does not define the hook itself.
 **mmattn's class.** :class:`GlobalContext` subclasses ``ContextBlock``
 (same arguments, parameters, state-dict keys and init) and replaces only
 its training pass with two autograd functions that share the upstream
-gradient, so that the backward writes the input gradient once.
+gradient (:class:`~mmattn.models.common.GradientHandoff`), so that the
+backward writes the input gradient once.
 """
 from typing import Optional, Sequence, Tuple
 
@@ -38,8 +39,8 @@ import torch
 from mmcv.cnn.bricks.context_block import ContextBlock
 from torch.autograd.function import once_differentiable
 
-from mmattn.models.common import (DescriptorConv, NormInput,
-                                  accumulate_dtype, check_choice,
+from mmattn.models.common import (DescriptorConv, GradientHandoff,
+                                  NormInput, accumulate_dtype, check_choice,
                                   check_positive_int, multiply_add,
                                   needs_grad, per_channel_sums)
 from mmattn.registry import MODELS
@@ -50,17 +51,6 @@ if not hasattr(ContextBlock, 'init_weights'):
 
 POOLING_TYPES = ('att', 'avg')
 FUSION_TYPES = ('channel_add', 'channel_mul')
-
-
-class _UpstreamGradient:
-    """Hands the fusion's upstream gradient (w.r.t. x) to the attention
-    pooling's backward, which adds its own share to it in the same pass.
-    The fusion runs after the pooling, so its backward runs first."""
-
-    __slots__ = ('grad', )
-
-    def __init__(self) -> None:
-        self.grad: Optional[torch.Tensor] = None
 
 
 def attention_pool(x: torch.Tensor, weight: torch.Tensor,
@@ -109,7 +99,7 @@ class _AttentionPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor,
-                bias: torch.Tensor, upstream: _UpstreamGradient,
+                bias: torch.Tensor, handoff: GradientHandoff,
                 source: Optional[torch.Tensor],
                 affine: Optional[Tuple[torch.Tensor, torch.Tensor]]
                 ) -> torch.Tensor:
@@ -118,14 +108,14 @@ class _AttentionPool(torch.autograd.Function):
             ctx.save_for_backward(x, weight, prob, None, None)
         else:
             ctx.save_for_backward(source, weight, prob, *affine)
-        ctx.upstream = upstream
+        ctx.handoff = handoff
         return context
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_context: torch.Tensor):
         data, weight, prob, scale, shift = ctx.saved_tensors
-        upstream, ctx.upstream.grad = ctx.upstream.grad, None
+        upstream = ctx.handoff.take()  # g, from _Fuse
         b, c, h, w = data.shape
         dtype = grad_context.dtype  # x's
         flat = data.reshape(b, c, h * w)  # X, or Z with the affine
@@ -176,10 +166,10 @@ class _Fuse(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, mul: Optional[torch.Tensor],
                 add: Optional[torch.Tensor],
                 residual: Optional[torch.Tensor],
-                upstream: _UpstreamGradient, source: Optional[torch.Tensor],
+                handoff: GradientHandoff, source: Optional[torch.Tensor],
                 affine: Optional[Tuple[torch.Tensor, torch.Tensor]]
                 ) -> torch.Tensor:
-        ctx.upstream = upstream
+        ctx.handoff = handoff
         ctx.add_dtype = None if add is None else add.dtype
         if mul is None:
             ctx.save_for_backward(None, None, None, None)
@@ -200,12 +190,12 @@ class _Fuse(torch.autograd.Function):
         needs_add = ctx.needs_input_grad[2]
         grad_mul = grad_add = None
         if mul is None:
-            ctx.upstream.grad = grad
+            ctx.handoff.grad = grad
             if needs_add:
                 grad_add = grad.sum((2, 3), keepdim=True,
                                     dtype=accumulate_dtype(grad))
         else:
-            ctx.upstream.grad = grad * mul
+            ctx.handoff.grad = grad * mul
             if ctx.needs_input_grad[1] or needs_add:
                 affine = None if scale is None else (scale, shift)
                 dots, sums = per_channel_sums(grad, data, needs_add, affine)
@@ -272,6 +262,7 @@ class GlobalContext(ContextBlock, AttentionModule):
             ``('channel_add', 'channel_mul')``. Default: ('channel_add',).
     """
 
+    takes_residual = True
     takes_norm_input = True
 
     def __init__(self,
@@ -325,13 +316,13 @@ class GlobalContext(ContextBlock, AttentionModule):
         if norm_input is not None:
             source, scale, shift = norm_input
             affine = (scale.view(1, -1), shift.view(1, -1))
-        upstream = _UpstreamGradient()
+        handoff = GradientHandoff()
         context = _AttentionPool.apply(x, self.conv_mask.weight,
-                                       self.conv_mask.bias, upstream, source,
+                                       self.conv_mask.bias, handoff, source,
                                        affine)
         mul = add = None  # (B, C, 1, 1) each
         if self.channel_mul_conv is not None:
             mul = torch.sigmoid(self.channel_mul_conv(context))
         if self.channel_add_conv is not None:
             add = self.channel_add_conv(context)
-        return _Fuse.apply(x, mul, add, residual, upstream, source, affine)
+        return _Fuse.apply(x, mul, add, residual, handoff, source, affine)

@@ -66,6 +66,7 @@ class CoordAttention(AttentionModule):
     """
 
     _abbr_ = 'coord_att'
+    takes_residual = True
 
     def __init__(self,
                  in_channels: int,
@@ -99,7 +100,10 @@ class CoordAttention(AttentionModule):
         nn.init.ones_(self.bn1.weight)
         nn.init.zeros_(self.bn1.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``y (+ residual)``; a residual block may hand its shortcut as
+        ``residual``, added in the pass of the product."""
         h, w = x.shape[-2:]
         z_h = spatial_mean(x, dims=(3, ))  # (B, C, H, 1), mean over W
         z_w = spatial_mean(x, dims=(2, ))  # (B, C, 1, W), mean over H
@@ -110,4 +114,4 @@ class CoordAttention(AttentionModule):
         g_h = self.gate(self.conv_h(f_h))  # (B, C, H, 1)
         g_w = self.gate(self.conv_w(f_w.transpose(2, 3)))  # (B, C, 1, W)
         # x * g_h * g_w, the (B, C, H, W) product never kept for training
-        return scale_by_maps(x, [g_h, g_w], product=True)
+        return scale_by_maps(x, [g_h, g_w], product=True, residual=residual)

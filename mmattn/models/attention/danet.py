@@ -2,7 +2,6 @@
 from typing import Optional
 
 import torch
-import torch.nn as nn
 
 from mmattn.models.common import (accumulate_dtype, check_choice,
                                   fp32_region)

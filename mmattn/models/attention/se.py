@@ -2,7 +2,6 @@
 from typing import Optional
 
 import torch
-import torch.nn as nn
 
 from mmattn.models.common import (ActLayer, DescriptorConv, create_act,
                                   reduced_channels, spatial_mean)

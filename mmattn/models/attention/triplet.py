@@ -1,8 +1,11 @@
 """Triplet attention."""
+from typing import Optional
+
 import torch
 
-from mmattn.models.common import (ActLayer, check_positive_int,
-                                  max_mean_pools, scale_by_maps)
+from mmattn.models.common import (ActLayer, GradientHandoff,
+                                  check_positive_int, max_mean_pools,
+                                  scale_by_maps)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 from .zpool_gate import ZPoolGate
@@ -62,6 +65,7 @@ class TripletAttention(AttentionModule):
     """
 
     _abbr_ = 'triplet'
+    takes_residual = True
 
     def __init__(self,
                  in_channels: int,
@@ -81,11 +85,18 @@ class TripletAttention(AttentionModule):
             if branch is not None:
                 branch.init_weights()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Z-pools over H, W (and C) in one call, whose backward writes one
-        # gradient: (B, C, 2, W), (B, C, H, 2) (and (B, 2, H, W)).
+    def forward(self, x: torch.Tensor,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``y (+ residual)``; a residual block may hand its shortcut as
+        ``residual``, added in the pass of the product. In training the
+        gradient of x is written once: the product's backward hands it to
+        the pooling's (:class:`~mmattn.models.common.GradientHandoff`)."""
+        handoff = GradientHandoff()
+        # Z-pools over H, W (and C) in one call, whose backward completes
+        # the product's gradient of x: (B, C, 2, W), (B, C, H, 2) (and
+        # (B, 2, H, W)).
         dims = (2, 3) if self.hw is None else (2, 3, 1)
-        pooled = [p.to(x.dtype) for p in max_mean_pools(x, dims)]
+        pooled = [p.to(x.dtype) for p in max_mean_pools(x, dims, handoff)]
         # C-W branch: (B, 2, C, W) -> map (B, 1, C, W) -> (B, C, 1, W)
         map_cw = self.cw.gate_pooled(
             pooled[0].transpose(1, 2).contiguous()).transpose(1, 2)
@@ -96,4 +107,5 @@ class TripletAttention(AttentionModule):
         if self.hw is not None:
             maps.append(self.hw.gate_pooled(pooled[2]))  # (B, 1, H, W)
         # x times the branches' mean, never materialised under autograd
-        return scale_by_maps(x, maps, divisor=len(maps))
+        return scale_by_maps(x, maps, divisor=len(maps), residual=residual,
+                             handoff=handoff)

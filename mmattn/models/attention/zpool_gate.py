@@ -1,9 +1,11 @@
 """The Z-pool spatial gate shared by CBAM and Triplet attention."""
 import torch
 import torch.nn as nn
+from torch.autograd.function import once_differentiable
 
-from mmattn.models.common import (ActLayer, check_odd_kernel, create_act,
-                                  max_mean_pool)
+from mmattn.models.common import (ActLayer, GradientHandoff,
+                                  accumulate_dtype, check_odd_kernel,
+                                  create_act, max_mean_pool, row_blocks)
 
 
 def zpool(x: torch.Tensor) -> torch.Tensor:
@@ -18,6 +20,79 @@ def zpool(x: torch.Tensor) -> torch.Tensor:
     half-precision autocast, then both maps return to ``x.dtype``.
     """
     return max_mean_pool(x, dim=1).to(x.dtype)  # (B, 2, P, Q)
+
+
+class _ScaledZPool(torch.autograd.Function):
+    """The Z-pool of ``y = x * s`` for a (B, C, 1, 1) ``s`` that never
+    writes y: a block of rows at a time (:func:`row_blocks`), y rebuilt in
+    cache. Keeps x, s and the argmax over channels. With
+    :math:`g_{max}, g_{mean}` the gradients of the two maps, the gradient
+    of y is :math:`g_y = [c = c^*] g_{max} + g_{mean} / C`, and
+
+    .. math::
+
+        \\frac{\\partial L}{\\partial x} = g_y\\, s, \\qquad
+        \\frac{\\partial L}{\\partial s_c} = \\sum_{hw} g_y\\, x
+            = \\frac{1}{C} \\sum_{hw} g_{mean}\\, x_c
+            + \\sum_{hw:\\, c^* = c} g_{max}\\, x_c
+
+    the first added into the gradient of x the module's last function
+    hands over (:class:`~mmattn.models.common.GradientHandoff`), a rank-1
+    update and a scatter, then left there for its first function.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor,
+                handoff: GradientHandoff) -> torch.Tensor:
+        b, c, h, w = x.shape
+        acc = accumulate_dtype(x)
+        values = x.new_empty(b, 1, h, w)
+        indices = torch.empty(b, 1, h, w, dtype=torch.long, device=x.device)
+        sums = torch.empty(b, 1, h, w, dtype=acc, device=x.device)
+        for rows in row_blocks(x):
+            y = x[:, :, rows] * scale  # (B, C, rows, W), in cache
+            torch.max(y, 1, keepdim=True,
+                      out=(values[:, :, rows], indices[:, :, rows]))
+            torch.sum(y, 1, keepdim=True, dtype=acc, out=sums[:, :, rows])
+        ctx.save_for_backward(x, scale, indices)
+        ctx.handoff = handoff
+        # [max; mean], as zpool(x * scale) before its cast
+        return torch.cat([values.to(acc), sums.div_(c)], dim=1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, scale, indices = ctx.saved_tensors
+        b, c = x.shape[:2]
+        g_max = grad[:, :1].to(x.dtype)  # (B, 1, H, W)
+        g_mean = (grad[:, 1:] / c).to(x.dtype)  # (B, 1, H, W)
+        grad_scale = None
+        if ctx.needs_input_grad[1]:
+            # (B, C, H, W) . (B, 1, H, W) over H, W -> (B, C)
+            dots = torch.einsum('bchw,bhw->bc', x, g_mean[:, 0])
+            x_at_max = x.gather(1, indices)  # (B, 1, H, W)
+            dots.scatter_add_(1, indices.flatten(1),
+                              (g_max * x_at_max).flatten(1))
+            grad_scale = dots.view(scale.shape).to(scale.dtype)
+        if ctx.needs_input_grad[0]:
+            grad_x = ctx.handoff.take()
+            if grad_x is None:
+                grad_x = torch.zeros_like(x)
+            grad_x.addcmul_(scale, g_mean)
+            scale_at_max = scale.expand_as(x).gather(1, indices)
+            grad_x.scatter_add_(1, indices, g_max * scale_at_max)
+            ctx.handoff.grad = grad_x
+        return None, grad_scale, None
+
+
+def scaled_zpool(x: torch.Tensor, scale: torch.Tensor,
+                 handoff: GradientHandoff) -> torch.Tensor:
+    """``zpool(x * scale)`` for a (B, C, H, W) x and a (B, C, 1, 1)
+    ``scale`` under autograd, without the full-size product
+    (:class:`_ScaledZPool`): CBAM's spatial gate pools its channel gate's
+    output. The gradient of x is added to the one ``handoff`` holds and
+    left there."""
+    return _ScaledZPool.apply(x, scale.to(x.dtype), handoff).to(x.dtype)
 
 
 class ZPoolGate(nn.Module):

@@ -102,27 +102,32 @@ class _AttentionBlockMixin:
         """``forward_plugin(norm(z), plugin_names) + identity``: the end of
         a residual block before its final ReLU.
 
-        A module with ``takes_norm_input`` (a
+        In training, a module with ``takes_norm_input`` (a
         :class:`~mmattn.models.attention.ChannelGate`, ``GlobalContext``)
-        first in line after a ``BatchNorm2d`` gets the
-        norm's input and affine (:func:`batch_norm_with_affine`), so
-        that its backward keeps ``z``, which the norm keeps anyway, rather
-        than ``norm(z)``; when it is also the last plugin, the shortcut
-        too, to add in the same pass as its product. Other norms (SyncBN,
-        GN: statistics not the block's to reproduce), a norm with forward
-        hooks (which the kernel call would bypass) and inference take the
-        plain path."""
-        gate = getattr(self, plugin_names[0]) if plugin_names else None
-        hooked = norm._forward_hooks or norm._forward_pre_hooks
-        if not (getattr(gate, 'takes_norm_input', False)
-                and type(norm) is nn.BatchNorm2d
-                and needs_grad(z) and not hooked):
+        first in line after a ``BatchNorm2d`` gets the norm's input and
+        affine (:func:`batch_norm_with_affine`), so that its backward keeps
+        ``z``, which the norm keeps anyway, rather than ``norm(z)``; and
+        the last module, if it ``takes_residual`` (those, CBAM, Triplet,
+        Coordinate attention), the shortcut, to add in the pass of its
+        product. Other norms (SyncBN, GN: statistics not the block's to
+        reproduce), a norm with forward hooks (which the kernel call would
+        bypass) and inference take the plain path."""
+        modules = [getattr(self, name) for name in plugin_names]
+        if not (modules and needs_grad(z)):
             return self.forward_plugin(norm(z), plugin_names) + identity
-        x, affine = batch_norm_with_affine(norm, z)
-        if len(plugin_names) == 1:
-            return gate(x, norm_input=affine, residual=identity)
-        return self.forward_plugin(gate(x, norm_input=affine),
-                                   plugin_names[1:]) + identity
+        hooked = norm._forward_hooks or norm._forward_pre_hooks
+        if getattr(modules[0], 'takes_norm_input', False) and \
+                type(norm) is nn.BatchNorm2d and not hooked:
+            x, affine = batch_norm_with_affine(norm, z)
+            extras = [dict(norm_input=affine)] + [{}] * (len(modules) - 1)
+        else:
+            x, extras = norm(z), [{}] * len(modules)
+        fused = getattr(modules[-1], 'takes_residual', False)
+        if fused:
+            extras[-1] = dict(extras[-1], residual=identity)
+        for module, extra in zip(modules, extras):
+            x = module(x, **extra)
+        return x if fused else x + identity
 
     def add_after_block(self, cfg: dict) -> str:
         """Append a module applied to the block's output (after its final

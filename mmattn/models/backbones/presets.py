@@ -153,10 +153,10 @@ class SGEResNet(AttentionPreset):
 class GCResNet(AttentionPreset):
     """GC-ResNet (`arXiv 1904.11492 <https://arxiv.org/abs/1904.11492>`_):
     :class:`~mmattn.models.attention.GlobalContext` (mmcv's
-    ``ContextBlock`` with a lean training pass) with ratio 1/16 after conv3 +
-    BN of the blocks of stages c3-c5, as mmdet's ``gcb-r16-c3-c5`` configs. The last conv of
-    each fusion branch is zero-initialised, so the network starts as the
-    plain ResNet."""
+    ``ContextBlock`` with a lean training pass) with ratio 1/16 after
+    conv3 + BN of the blocks of stages c3-c5, as mmdet's ``gcb-r16-c3-c5``
+    configs. The last conv of each fusion branch is zero-initialised, so
+    the network starts as the plain ResNet."""
 
     attn_type = 'GlobalContext'
     attn_defaults = dict(ratio=1 / 16)

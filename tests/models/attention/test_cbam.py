@@ -2,7 +2,8 @@
 import pytest
 import torch
 from attention_reference import zpool_gate_ref
-from helpers import assert_rel_close, randomize_
+from helpers import (assert_rel_close, assert_training_pass_matches,
+                     randomize_)
 from mmdet.models import ResNet
 
 from mmattn.models.attention import CBAM
@@ -38,6 +39,30 @@ def test_matches_reference(training, size, no_spatial):
     x = torch.randn(3, 32, *size, dtype=torch.float64)
     expected = cbam_ref(module, x, training)
     assert_rel_close(module(x), expected)
+
+
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+@pytest.mark.parametrize('size', [(1, 1), (13, 21)],
+                         ids=lambda s: f'{s[0]}x{s[1]}')
+def test_training_pass_matches_reference(layout, size, channel_blocks):
+    """The lean pass (x' never written, one gradient of x; the Z-pool a
+    block of rows at a time) against autograd through eqs. 1-3, residual
+    added in the last product."""
+    module = randomize_(CBAM(32)).double()
+    x = channel_blocks(torch.randn(3, 32, *size, dtype=torch.float64))
+    if layout == 'channels_last':
+        x = x.to(memory_format=torch.channels_last)
+    assert_training_pass_matches(
+        module, lambda m, t: cbam_ref(m, t, training=True), x)
+
+
+def test_training_pass_of_a_strided_input():
+    """A view that is neither contiguous nor channels-last takes the plain
+    composition, with the same gradients."""
+    module = randomize_(CBAM(32)).double()
+    x = torch.randn(2, 32, 6, 10, dtype=torch.float64)[..., ::2]
+    assert_training_pass_matches(
+        module, lambda m, t: cbam_ref(m, t, training=True), x)
 
 
 def test_reduction_and_kernel_arguments():

@@ -16,9 +16,10 @@ from mmattn.registry import MODELS
 
 #: Every attention type name mmattn promises (issue 3); users rely on them.
 TYPE_NAMES = ('SE', 'ECA', 'CBAM', 'BAM', 'NAM', 'SGE', 'ContextBlock',
-              'GlobalContext', 'NonLocal', 'DualAttention', 'CrissCrossAttention',
-              'CoordAttention', 'TripletAttention', 'SimAM', 'GatherExcite',
-              'MultiSpectralAttention', 'ResidualAttention')
+              'GlobalContext', 'NonLocal', 'DualAttention',
+              'CrissCrossAttention', 'CoordAttention', 'TripletAttention',
+              'SimAM', 'GatherExcite', 'MultiSpectralAttention',
+              'ResidualAttention')
 
 #: Arguments a module needs beyond ``in_channels`` (mmcv's ContextBlock
 #: has no default ratio).

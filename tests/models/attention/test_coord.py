@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 from attention_reference import batch_norm_ref
-from helpers import assert_rel_close, randomize_
+from helpers import (assert_rel_close, assert_training_pass_matches,
+                     randomize_)
 from mmdet.models import ResNet
 
 from mmattn.models.attention import CoordAttention
@@ -40,6 +41,15 @@ def test_matches_reference(training, size):
     module = randomize_(CoordAttention(48)).double().train(training)
     x = torch.randn(3, 48, *size, dtype=torch.float64)
     assert_rel_close(module(x), coord_ref(module, x, training))
+
+
+def test_training_pass_matches_reference(channel_blocks):
+    """The gates' product in channel blocks, the residual added in it:
+    against autograd through Sec. 3.2."""
+    module = randomize_(CoordAttention(48)).double()
+    x = channel_blocks(torch.randn(3, 48, 7, 5, dtype=torch.float64))
+    assert_training_pass_matches(
+        module, lambda m, t: coord_ref(m, t, training=True), x)
 
 
 def test_rows_and_columns_are_gated_separately():

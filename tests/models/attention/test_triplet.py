@@ -2,7 +2,8 @@
 import pytest
 import torch
 from attention_reference import zpool_gate_ref
-from helpers import assert_rel_close, randomize_
+from helpers import (assert_rel_close, assert_training_pass_matches,
+                     randomize_)
 from mmdet.models import ResNet
 
 from mmattn.models.attention import TripletAttention
@@ -35,6 +36,21 @@ def test_matches_reference(training, size, no_spatial):
     module.train(training)
     x = torch.randn(2, 6, *size, dtype=torch.float64)
     assert_rel_close(module(x), triplet_ref(module, x, training))
+
+
+@pytest.mark.parametrize('no_spatial', [False, True],
+                         ids=['full', 'no_spatial'])
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+def test_training_pass_matches_reference(no_spatial, layout, channel_blocks):
+    """The pooling's backward completes the product's gradient of x (one
+    tensor written), residual added in the product: against autograd
+    through the rotated branches."""
+    module = randomize_(TripletAttention(6, no_spatial=no_spatial)).double()
+    x = channel_blocks(torch.randn(2, 6, 9, 7, dtype=torch.float64))
+    if layout == 'channels_last':
+        x = x.to(memory_format=torch.channels_last)
+    assert_training_pass_matches(
+        module, lambda m, t: triplet_ref(m, t, training=True), x)
 
 
 def test_branch_orientation_matters():
