@@ -731,16 +731,7 @@ class _ScaleByMaps(torch.autograd.Function):
                 *maps: torch.Tensor) -> torch.Tensor:
         ctx.divisor, ctx.product, ctx.handoff = divisor, product, handoff
         ctx.save_for_backward(x, *maps)
-        out = torch.empty_like(x)
-        blocks = channel_blocks(x, out, x if residual is None else residual,
-                                *maps)
-        for x_b, out_b, r_b, *maps_b in blocks:
-            gate = _maps_gate(maps_b, divisor, product, x.dtype)
-            if residual is None:
-                torch.mul(x_b, gate, out=out_b)
-            else:
-                torch.addcmul(r_b, x_b, gate, out=out_b)
-        return out
+        return _scale_by_maps_in_blocks(x, maps, divisor, product, residual)
 
     @staticmethod
     @once_differentiable
@@ -780,6 +771,25 @@ class _ScaleByMaps(torch.autograd.Function):
         return (grad_x, None, None, grad_residual, None, *grad_maps)
 
 
+def _scale_by_maps_in_blocks(x: torch.Tensor, maps: Sequence[torch.Tensor],
+                             divisor: float, product: bool,
+                             residual: Optional[torch.Tensor]
+                             ) -> torch.Tensor:
+    """:func:`scale_by_maps` a block of channels at a time: the full-size
+    gate only ever in cache, each element computed by the same operations
+    as the plain product."""
+    out = torch.empty_like(x)
+    blocks = channel_blocks(x, out, x if residual is None else residual,
+                            *maps)
+    for x_b, out_b, r_b, *maps_b in blocks:
+        gate = _maps_gate(maps_b, divisor, product, x.dtype)
+        if residual is None:
+            torch.mul(x_b, gate, out=out_b)
+        else:
+            torch.addcmul(r_b, x_b, gate, out=out_b)
+    return out
+
+
 def _maps_gate(maps: Sequence[torch.Tensor], divisor: float, product: bool,
                dtype: torch.dtype) -> torch.Tensor:
     """``(m_1 + ... + m_k) / divisor`` (or the product of the maps)
@@ -812,10 +822,13 @@ def scale_by_maps(x: torch.Tensor,
     and the maps' gradients are summed a block of channels at a time
     without a full-size product; with a ``handoff`` (the module's pooling
     of x made the maps), the gradient of x goes to the pooling's backward
-    to complete (:class:`GradientHandoff`). Without autograd (inference,
-    graph capture) it is the plain product.
+    to complete (:class:`GradientHandoff`). Inference too runs in channel
+    blocks, with the same values; graph capture records the plain product.
     """
-    if not needs_grad(x, *maps):
+    if needs_grad(x, *maps):
+        return _ScaleByMaps.apply(x, divisor, product, residual, handoff,
+                                  *maps)
+    if capturing_graph():
         return multiply_add(x, _maps_gate(maps, divisor, product, x.dtype),
                             residual)
-    return _ScaleByMaps.apply(x, divisor, product, residual, handoff, *maps)
+    return _scale_by_maps_in_blocks(x, maps, divisor, product, residual)

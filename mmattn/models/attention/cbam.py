@@ -4,9 +4,10 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from mmattn.models.common import (ActLayer, GradientHandoff, create_act,
-                                  max_mean_pool, needs_grad, reduced_channels,
-                                  scale_by_maps, scale_channels)
+from mmattn.models.common import (ActLayer, GradientHandoff,
+                                  capturing_graph, create_act, max_mean_pool,
+                                  reduced_channels, scale_by_maps,
+                                  scale_channels)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 from .zpool_gate import ZPoolGate, scaled_zpool
@@ -119,17 +120,19 @@ class CBAM(AttentionModule):
         """``x'' (+ residual)``; a residual block may hand its shortcut as
         ``residual``, added in the pass of the last product.
 
-        In training the gates' gradients reach x through one tensor
-        (:class:`~mmattn.models.common.GradientHandoff`), and x' is never
-        written: the spatial gate pools :math:`M_c \\otimes x` a block of
-        rows at a time (:func:`~.zpool_gate.scaled_zpool`) and the output
-        is :math:`x \\otimes M_c \\otimes M_s` in one pass, so training
-        keeps x and the small gates only."""
+        x' is never written: the spatial gate pools :math:`M_c \\otimes x`
+        a block of rows at a time (:func:`~.zpool_gate.scaled_zpool`) and
+        the output is :math:`x \\otimes M_c \\otimes M_s` in one pass, so
+        training keeps x and the small gates only, and the gates'
+        gradients reach x through one tensor
+        (:class:`~mmattn.models.common.GradientHandoff`). Graph capture
+        and inputs neither contiguous nor channels-last (pooled as views
+        of x) take the plain composition."""
         if self.spatial_gate is None:
             return scale_channels(x, self.channel_gate(x), residual=residual)
         dense = x.is_contiguous() or x.is_contiguous(
-            memory_format=torch.channels_last)  # pooled as views of x
-        if not (needs_grad(x) and dense):
+            memory_format=torch.channels_last)
+        if capturing_graph() or not dense:
             x = scale_channels(x, self.channel_gate(x))
             return scale_by_maps(x, [self.spatial_gate(x)],
                                  residual=residual)  # (B, 1, H, W) gate

@@ -1,11 +1,14 @@
 """The Z-pool spatial gate shared by CBAM and Triplet attention."""
+from typing import Optional, Tuple
+
 import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
 from mmattn.models.common import (ActLayer, GradientHandoff,
-                                  accumulate_dtype, check_odd_kernel,
-                                  create_act, max_mean_pool, row_blocks)
+                                  accumulate_dtype, capturing_graph,
+                                  check_odd_kernel, create_act,
+                                  max_mean_pool, needs_grad, row_blocks)
 
 
 def zpool(x: torch.Tensor) -> torch.Tensor:
@@ -44,20 +47,10 @@ class _ScaledZPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, scale: torch.Tensor,
                 handoff: GradientHandoff) -> torch.Tensor:
-        b, c, h, w = x.shape
-        acc = accumulate_dtype(x)
-        values = x.new_empty(b, 1, h, w)
-        indices = torch.empty(b, 1, h, w, dtype=torch.long, device=x.device)
-        sums = torch.empty(b, 1, h, w, dtype=acc, device=x.device)
-        for rows in row_blocks(x):
-            y = x[:, :, rows] * scale  # (B, C, rows, W), in cache
-            torch.max(y, 1, keepdim=True,
-                      out=(values[:, :, rows], indices[:, :, rows]))
-            torch.sum(y, 1, keepdim=True, dtype=acc, out=sums[:, :, rows])
+        pooled, indices = _scaled_zpool_in_blocks(x, scale, argmax=True)
         ctx.save_for_backward(x, scale, indices)
         ctx.handoff = handoff
-        # [max; mean], as zpool(x * scale) before its cast
-        return torch.cat([values.to(acc), sums.div_(c)], dim=1)
+        return pooled
 
     @staticmethod
     @once_differentiable
@@ -85,14 +78,43 @@ class _ScaledZPool(torch.autograd.Function):
         return None, grad_scale, None
 
 
+def _scaled_zpool_in_blocks(x: torch.Tensor, scale: torch.Tensor,
+                            argmax: bool
+                            ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """[max; mean] over channels of ``x * scale``, (B, 2, H, W) in at least
+    fp32, a block of rows at a time, and the argmax (None without
+    ``argmax``: ``amax`` is the faster kernel)."""
+    b, c, h, w = x.shape
+    acc = accumulate_dtype(x)
+    values = x.new_empty(b, 1, h, w)
+    indices = torch.empty(b, 1, h, w, dtype=torch.long,
+                          device=x.device) if argmax else None
+    sums = torch.empty(b, 1, h, w, dtype=acc, device=x.device)
+    for rows in row_blocks(x):
+        y = x[:, :, rows] * scale  # (B, C, rows, W), in cache
+        if argmax:
+            torch.max(y, 1, keepdim=True,
+                      out=(values[:, :, rows], indices[:, :, rows]))
+        else:
+            torch.amax(y, 1, keepdim=True, out=values[:, :, rows])
+        torch.sum(y, 1, keepdim=True, dtype=acc, out=sums[:, :, rows])
+    # the values of zpool(x * scale) before its cast
+    return torch.cat([values.to(acc), sums.div_(c)], dim=1), indices
+
+
 def scaled_zpool(x: torch.Tensor, scale: torch.Tensor,
-                 handoff: GradientHandoff) -> torch.Tensor:
+                 handoff: Optional[GradientHandoff] = None) -> torch.Tensor:
     """``zpool(x * scale)`` for a (B, C, H, W) x and a (B, C, 1, 1)
-    ``scale`` under autograd, without the full-size product
-    (:class:`_ScaledZPool`): CBAM's spatial gate pools its channel gate's
-    output. The gradient of x is added to the one ``handoff`` holds and
-    left there."""
-    return _ScaledZPool.apply(x, scale.to(x.dtype), handoff).to(x.dtype)
+    ``scale`` without the full-size product: CBAM's spatial gate pools its
+    channel gate's output. Under autograd (:class:`_ScaledZPool`) the
+    gradient of x is added to the one ``handoff`` holds and left there;
+    graph capture records the plain ops."""
+    scale = scale.to(x.dtype)
+    if needs_grad(x, scale):
+        return _ScaledZPool.apply(x, scale, handoff).to(x.dtype)
+    if capturing_graph():
+        return zpool(x * scale)
+    return _scaled_zpool_in_blocks(x, scale, argmax=False)[0].to(x.dtype)
 
 
 class ZPoolGate(nn.Module):
