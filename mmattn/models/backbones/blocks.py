@@ -10,12 +10,13 @@ mmdet's ``Bottleneck`` takes plugins after conv1/conv2/conv3 only, and its
   (and every module's ``default_position``) serves both block types;
 * ``after_block`` modules, applied to the block's output after the final
   ReLU (Non-local networks append their blocks there);
-* a lean path for a module right after the block's last norm that takes
-  it (``takes_norm_input``: the channel gates
+* a lean path in training for the modules after the block's last norm:
+  the first, if it ``takes_norm_input`` (the channel gates
   :class:`~mmattn.models.attention.ChannelGate`, e.g. SE, ECA, and GC's
-  :class:`~mmattn.models.attention.GlobalContext`): the module is handed
-  the norm's input and affine (:func:`batch_norm_with_affine`), so that
-  training keeps no copy of the norm's output for its backward, and the
+  :class:`~mmattn.models.attention.GlobalContext`), is handed the norm's
+  input and affine (:func:`batch_norm_with_affine`), so that training
+  keeps no copy of the norm's output for its backward; the last, if it
+  ``takes_residual`` (those, CBAM, Triplet and Coordinate attention), the
   shortcut, to add in the pass of its product;
 * a replacement of the block's strided 3x3 conv (``attn_conv``, e.g.
   :class:`~mmattn.models.backbones.SKConv`, :class:`PSAConv`): conv2 of a
