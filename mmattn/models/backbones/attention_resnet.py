@@ -258,6 +258,13 @@ class AttentionResNet(ResNet):
                 outs.append(x)
         return tuple(outs)
 
+    def train(self, mode: bool = True) -> 'AttentionResNet':
+        """mmdet's ``ResNet.train`` (frozen stages, ``norm_eval``),
+        returning the module as ``nn.Module.train`` does, so that
+        ``net.double().train()`` chains (mmdet's returns None)."""
+        super().train(mode)
+        return self
+
 
 @MMDET_MODELS.register_module()
 class AttentionResNetV1d(AttentionResNet):

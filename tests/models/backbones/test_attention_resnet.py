@@ -516,3 +516,24 @@ def test_lean_path_matches_mmdet_block(norm_eval, ours_cfg, theirs_cfg):
             continue
         error = (grads[0][name] - grad).abs().max() / grad.abs().max()
         assert error < 1e-10, (name, error)
+
+
+@pytest.mark.parametrize('attn', ['CBAM', 'TripletAttention', 'SE'])
+def test_lean_path_under_activation_checkpointing(attn):
+    """with_cp re-runs each block's forward in the backward, with fresh
+    gradient handoffs: the same gradients as without it, bit for bit."""
+    torch.manual_seed(0)
+    plugins = [dict(cfg=dict(type=attn), position='after_conv3')]
+    nets = [AttentionResNet(depth=50, with_cp=with_cp, plugins=plugins)
+            for with_cp in (False, True)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    images = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    grads = []
+    for net in nets:
+        assert net.double().train() is net  # nn.Module's chaining
+        inputs = images.clone().requires_grad_()
+        outs = net(inputs)
+        sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o))
+            .sum() for o in outs).backward()
+        grads.append([inputs.grad, *(p.grad for p in net.parameters())])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
