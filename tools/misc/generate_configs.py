@@ -234,8 +234,8 @@ def render_pretrain(attention: str, depth: str) -> str:
             f"    'mmpretrain::_base_/models/resnet{layers}.py',\n"
             f"    '{PRETRAIN_BASE}',\n"
             f"    '../_base_/attention/{attention}.py',\n]\n"
-            '# mmdet\'s ResNet (the detection backbone\'s class, so the keys '
-            'match);\n# trained from scratch, its BatchNorm must not be '
+            f'# {backbone}: the detection backbone\'s class, so the keys '
+            'match;\n# trained from scratch, its BatchNorm must not be '
             'frozen.\n'
             'model = dict(\n    backbone=dict(\n'
             '        _base_.attention_backbone,\n'

@@ -1,10 +1,13 @@
 # Coordinate attention (arXiv 2103.02907): direction-aware pooling along H
 # and W, reduction 32 (at least 8 channels), after conv3 + BN of every
-# residual block, before the residual add. mmdet ResNet plugins: fits any
-# mmdet ResNet / ResNeXt config.
+# residual block, before the residual add.
+# AttentionResNet: mmdet's ResNet whose blocks hand the module the shortcut,
+# added in the pass of its product (mmattn issue 7); the plugins alone also
+# fit any mmdet ResNet / ResNeXt (type='ResNeXt').
 # Use: _base_ = [<mmdet ResNet config>, '<this file>'] and
 # model = dict(backbone=_base_.attention_backbone): a variable, not `model`,
 # because mmengine forbids two bases defining the same key.
 custom_imports = dict(imports=['mmattn'], allow_failed_imports=False)
 attention_backbone = dict(
+    type='AttentionResNet',
     plugins=[dict(cfg=dict(type='CoordAttention'), position='after_conv3')])
