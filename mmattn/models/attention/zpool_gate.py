@@ -41,7 +41,8 @@ class _ScaledZPool(torch.autograd.Function):
 
     the first added into the gradient of x the module's last function
     hands over (:class:`~mmattn.models.common.GradientHandoff`), a rank-1
-    update and a scatter, then left there for its first function.
+    update and a scatter, then left there for its first function; without
+    a handoff, returned.
     """
 
     @staticmethod
@@ -67,15 +68,18 @@ class _ScaledZPool(torch.autograd.Function):
             dots.scatter_add_(1, indices.flatten(1),
                               (g_max * x_at_max).flatten(1))
             grad_scale = dots.view(scale.shape).to(scale.dtype)
+        grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = ctx.handoff.take()
-            if grad_x is None:
-                grad_x = torch.zeros_like(x)
-            grad_x.addcmul_(scale, g_mean)
+            grad_x = None if ctx.handoff is None else ctx.handoff.take()
+            if grad_x is None:  # no handoff: this function's own gradient
+                grad_x = scale * g_mean  # (B, C, H, W)
+            else:
+                grad_x.addcmul_(scale, g_mean)
             scale_at_max = scale.expand_as(x).gather(1, indices)
             grad_x.scatter_add_(1, indices, g_max * scale_at_max)
-            ctx.handoff.grad = grad_x
-        return None, grad_scale, None
+            if ctx.handoff is not None:  # left for the module's first
+                ctx.handoff.grad, grad_x = grad_x, None
+        return grad_x, grad_scale, None
 
 
 def _scaled_zpool_in_blocks(x: torch.Tensor, scale: torch.Tensor,
@@ -107,8 +111,8 @@ def scaled_zpool(x: torch.Tensor, scale: torch.Tensor,
     """``zpool(x * scale)`` for a (B, C, H, W) x and a (B, C, 1, 1)
     ``scale`` without the full-size product: CBAM's spatial gate pools its
     channel gate's output. Under autograd (:class:`_ScaledZPool`) the
-    gradient of x is added to the one ``handoff`` holds and left there;
-    graph capture records the plain ops."""
+    gradient of x is added to the one ``handoff`` holds and left there (or,
+    without one, returned); graph capture records the plain ops."""
     scale = scale.to(x.dtype)
     if needs_grad(x, scale):
         return _ScaledZPool.apply(x, scale, handoff).to(x.dtype)

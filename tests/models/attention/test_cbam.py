@@ -7,7 +7,7 @@ from helpers import (assert_rel_close, assert_training_pass_matches,
 from mmdet.models import ResNet
 
 from mmattn.models.attention import CBAM
-from mmattn.models.attention.zpool_gate import zpool
+from mmattn.models.attention.zpool_gate import scaled_zpool, zpool
 
 
 def cbam_ref(module, x, training):
@@ -54,6 +54,17 @@ def test_training_pass_matches_reference(layout, size, channel_blocks):
         x = x.to(memory_format=torch.channels_last)
     assert_training_pass_matches(
         module, lambda m, t: cbam_ref(m, t, training=True), x)
+
+
+def test_scaled_zpool_alone_values_and_gradcheck(channel_blocks):
+    """Without a handoff the scaled Z-pool returns its own gradient of x:
+    zpool(x * s), values and gradients, a block of rows at a time."""
+    torch.manual_seed(0)
+    x = channel_blocks(torch.randn(2, 5, 4, 3, dtype=torch.float64))
+    scale = torch.rand(2, 5, 1, 1, dtype=torch.float64)
+    x.requires_grad_(), scale.requires_grad_()
+    assert_rel_close(scaled_zpool(x, scale), zpool(x * scale), 1e-15)
+    assert torch.autograd.gradcheck(scaled_zpool, (x, scale))
 
 
 def test_training_pass_of_a_strided_input():
