@@ -42,7 +42,7 @@ def test_resnet50_classifier_matches_published_totals(name, gflops, mparams,
 def test_gates_and_pooling_are_counted():
     """SE at every block output: the global mean reads every element
     once, the x * s product writes every element once, the two FCs
-    (1x1 convs run as matrix products, DescriptorConv) are their MACs (with
+    (1x1 convs run as matrix products, PointwiseConv) are their MACs (with
     biases not counted)."""
     cfg = Config.fromfile(config('faster_rcnn_se_r50_fpn')).model.backbone
     ops = classifier_complexity(cfg).attention_by_operator

@@ -39,8 +39,8 @@ import torch
 from mmcv.cnn.bricks.context_block import ContextBlock
 from torch.autograd.function import once_differentiable
 
-from mmattn.models.common import (DescriptorConv, GradientHandoff,
-                                  NormInput, accumulate_dtype, check_choice,
+from mmattn.models.common import (GradientHandoff, NormInput, PointwiseConv,
+                                  accumulate_dtype, check_choice,
                                   check_positive_int, multiply_add,
                                   needs_grad, per_channel_sums)
 from mmattn.registry import MODELS
@@ -239,7 +239,7 @@ class GlobalContext(ContextBlock, AttentionModule):
     HW) softmax instead of autograd's intermediates, and write the input
     gradient once (a rank-2 update of the upstream gradient) instead of
     three full-size gradients and their sums. The transforms' 1x1 convs
-    are :class:`~mmattn.models.common.DescriptorConv` (matrix products on
+    are :class:`~mmattn.models.common.PointwiseConv` (matrix products on
     the (B, C, 1, 1) context). Inference computes the
     attention pooling with the same two batched products
     (:func:`attention_pool`) instead of mmcv's 1x1 convolution, then mmcv's
@@ -289,8 +289,8 @@ class GlobalContext(ContextBlock, AttentionModule):
         # the transforms' 1x1 convs run on (B, C, 1, 1): as matrix products
         for branch in (self.channel_add_conv, self.channel_mul_conv):
             if branch is not None:
-                branch[0] = DescriptorConv.from_conv(branch[0])
-                branch[3] = DescriptorConv.from_conv(branch[3])
+                branch[0] = PointwiseConv.from_conv(branch[0])
+                branch[3] = PointwiseConv.from_conv(branch[3])
 
     def spatial_pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.pooling_type != 'att':

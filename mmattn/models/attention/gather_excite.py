@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmattn.models.common import (ActLayer, DescriptorConv,
+from mmattn.models.common import (ActLayer, PointwiseConv,
                                   check_positive_int, create_act,
                                   reduced_channels, spatial_mean)
 from mmattn.registry import MODELS
@@ -157,9 +157,9 @@ class GatherExcite(AttentionModule):
             width = reduced_channels(in_channels, rd_ratio, rd_channels,
                                      rd_divisor)
             self.mlp = nn.Sequential()
-            self.mlp.add_module('fc1', DescriptorConv(in_channels, width))
+            self.mlp.add_module('fc1', PointwiseConv(in_channels, width))
             self.mlp.add_module('act', create_act(act_layer, 'act_layer'))
-            self.mlp.add_module('fc2', DescriptorConv(width, in_channels))
+            self.mlp.add_module('fc2', PointwiseConv(width, in_channels))
         self.gate = create_act(gate_layer, 'gate_layer')
         self.init_weights()
 

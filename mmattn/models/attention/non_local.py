@@ -85,7 +85,10 @@ class NonLocal(NonLocal2d, AttentionModule):
             at a time with an explicit fp32 softmax (for devices where SDPA
             would materialise the matrix). Ignored by the other modes.
         conv_cfg (dict, optional): Conv config of the projections.
-            Default: None, i.e. ``dict(type='Conv2d')``.
+            Default: None, i.e. ``dict(type='PointwiseConv')``:
+            ``nn.Conv2d``'s parameters and state-dict keys, run as a matrix
+            product on the CPU (:class:`~mmattn.models.common.PointwiseConv`;
+            ``dict(type='Conv2d')`` runs oneDNN's convolution).
         norm_cfg (dict, optional): Norm after :math:`W_z`. Default: None.
         std (float): Std of the Gaussian projection init. Default: 0.01.
         zeros_init (bool): Zero-initialise :math:`W_z` (or its norm), so
@@ -113,7 +116,7 @@ class NonLocal(NonLocal2d, AttentionModule):
         super().__init__(
             in_channels,
             sub_sample=sub_sample,
-            conv_cfg=conv_cfg or dict(type='Conv2d'),
+            conv_cfg=conv_cfg or dict(type='PointwiseConv'),
             reduction=reduction,
             use_scale=use_scale,
             norm_cfg=norm_cfg,

@@ -3,7 +3,7 @@ from typing import Optional
 
 import torch
 
-from mmattn.models.common import (ActLayer, DescriptorConv, create_act,
+from mmattn.models.common import (ActLayer, PointwiseConv, create_act,
                                   reduced_channels, spatial_mean)
 from mmattn.registry import MODELS
 from .base import ChannelGate
@@ -53,9 +53,9 @@ class SE(ChannelGate):
         rd_channels = reduced_channels(in_channels, rd_ratio, rd_channels,
                                        rd_divisor)
         # 1x1 convs act as the FCs on the pooled (B, C, 1, 1) descriptor.
-        self.fc1 = DescriptorConv(in_channels, rd_channels, bias=bias)
+        self.fc1 = PointwiseConv(in_channels, rd_channels, bias=bias)
         self.act = create_act(act_layer, 'act_layer')
-        self.fc2 = DescriptorConv(rd_channels, in_channels, bias=bias)
+        self.fc2 = PointwiseConv(rd_channels, in_channels, bias=bias)
         self.gate = create_act(gate_layer, 'gate_layer')
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from mmattn.models.common import (accumulate_dtype, check_positive_int,
-                                  fp32_region, reduced_channels)
+                                  fp32_region, pointwise_conv,
+                                  reduced_channels)
 
 
 def check_chunk_size(chunk_size: Optional[int]) -> Optional[int]:
@@ -171,5 +172,12 @@ class QKVSelfAttention(GatedResidual):
 
     def project(self, x: torch.Tensor
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(B, C, H, W) -> q, k: (B, C', H, W), v: (B, C, H, W)``."""
-        return self.query_conv(x), self.key_conv(x), self.value_conv(x)
+        """``(B, C, H, W) -> q, k: (B, C', H, W), v: (B, C, H, W)``: the
+        three convs as one 1x1 conv C -> 2C' + C (their weights
+        concatenated, :func:`~mmattn.models.common.pointwise_conv`), so x
+        is read once and, in training, its gradient written once (three
+        convs would write three and sum them)."""
+        convs = (self.query_conv, self.key_conv, self.value_conv)
+        qkv = pointwise_conv(x, torch.cat([c.weight for c in convs]),
+                             torch.cat([c.bias for c in convs]))
+        return qkv.split([c.out_channels for c in convs], dim=1)

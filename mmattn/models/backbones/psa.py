@@ -5,7 +5,7 @@ from typing import ClassVar, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from mmattn.models.common import (DescriptorConv, check_divisible,
+from mmattn.models.common import (PointwiseConv, check_divisible,
                                   check_odd_kernel, reduced_channels,
                                   spatial_mean)
 from mmattn.registry import MODELS
@@ -18,9 +18,9 @@ class _SEWeight(nn.Module):
 
     def __init__(self, channels: int, rd_channels: int) -> None:
         super().__init__()
-        self.fc1 = DescriptorConv(channels, rd_channels)
+        self.fc1 = PointwiseConv(channels, rd_channels)
         self.act = nn.ReLU(inplace=True)
-        self.fc2 = DescriptorConv(rd_channels, channels)
+        self.fc2 = PointwiseConv(rd_channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = spatial_mean(x).to(x.dtype)  # (B, C', 1, 1)

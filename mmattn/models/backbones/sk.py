@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule, build_norm_layer
 
-from mmattn.models.common import (DescriptorConv, check_divisible,
+from mmattn.models.common import (PointwiseConv, check_divisible,
                                   check_positive_int, reduced_channels,
                                   spatial_mean)
 from mmattn.registry import MODELS
@@ -163,12 +163,12 @@ class SKConv(nn.Module):
         attn_channels = reduced_channels(out_channels, rd_ratio, rd_channels,
                                          rd_divisor, min_channels)
         # fc_reduce (W_s) + BN + ReLU, then fc_select (A_1..A_M stacked).
-        self.fc_reduce = DescriptorConv(out_channels, attn_channels,
+        self.fc_reduce = PointwiseConv(out_channels, attn_channels,
                                         bias=False)
         self.norm_name, norm = build_norm_layer(norm_cfg, attn_channels)
         self.add_module(self.norm_name, norm)
         self.act = nn.ReLU(inplace=True)
-        self.fc_select = DescriptorConv(attn_channels,
+        self.fc_select = PointwiseConv(attn_channels,
                                         out_channels * num_branches,
                                         bias=False)
 

@@ -10,6 +10,7 @@ from self_attention_checks import LargestTensor, plugin_io_in_resnet50
 
 from mmattn.models.attention import NonLocal
 from mmattn.models.attention.non_local import MODES
+from mmattn.models.common import PointwiseConv
 
 
 def conv1x1_ref(x, branch):
@@ -56,6 +57,25 @@ def test_same_as_mmcv_nonlocal2d(mode, sub_sample, use_scale):
         x32, theirs32 = x.float(), theirs.float()
         torch.testing.assert_close(ours.float()(x32), theirs32(x32),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_projections_run_as_matrix_products(monkeypatch):
+    """The default conv_cfg builds PointwiseConv projections (nn.Conv2d's
+    parameters): the same block as with mmcv's Conv2d, also when they run
+    as matrix products."""
+    monkeypatch.setattr(PointwiseConv, 'MIN_GEMM_POSITIONS', 1)
+    ours = randomize_(NonLocal(16)).double()
+    plain = NonLocal(16, conv_cfg=dict(type='Conv2d')).double()
+    plain.load_state_dict(ours.state_dict())
+    convs = [branch.conv for branch in (ours.g, ours.theta, ours.phi,
+                                        ours.conv_out)]
+    assert all(type(conv) is PointwiseConv for conv in convs)
+    assert type(plain.g.conv) is torch.nn.Conv2d
+    x = torch.randn(2, 16, 6, 7, dtype=torch.float64, requires_grad=True)
+    out = ours(x)
+    assert_rel_close(out, plain(x))
+    assert_rel_close(torch.autograd.grad(out.square().sum(), x)[0],
+                     torch.autograd.grad(plain(x).square().sum(), x)[0])
 
 
 def test_same_as_mmcv_with_norm_out():
