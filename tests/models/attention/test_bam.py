@@ -6,7 +6,8 @@ from attention_reference import batch_norm_ref, conv2d_ref
 from helpers import assert_rel_close, randomize_
 
 from mmattn.models.attention import BAM
-from mmattn.models.attention.bam import BAMGateFunction
+from mmattn.models.attention.bam import BAMGateFunction, _PoolAndReduce
+from mmattn.models.common import GradientHandoff, PointwiseConv
 
 
 def channel_norm_ref(v, norm, training):
@@ -157,18 +158,44 @@ def test_gate_function_gradcheck(combine, channel_blocks):
         (x.requires_grad_(), mc, ms))
 
 
+def _graph_functions(out: torch.Tensor) -> set:
+    """Names of the autograd nodes that ``out`` was computed through."""
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is not None and fn not in seen:
+            seen.add(fn)
+            stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return {type(fn).__name__ for fn in seen}
+
+
+@pytest.mark.parametrize('layout', ['nchw', 'channels_last', 'strided'])
+@pytest.mark.parametrize('gemm', [True, False], ids=['gemm', 'conv'])
 @pytest.mark.parametrize('combine', ['sum', 'product'])
-def test_training_path_matches_autograd_of_reference(combine,
-                                                     channel_blocks):
+def test_training_path_matches_autograd_of_reference(combine, gemm, layout,
+                                                     channel_blocks,
+                                                     monkeypatch):
     """Training (custom backward) gives the eager output (up to the last
     bit of the sigmoid) and autograd's gradients through the paper's
-    equations, parameters included."""
+    equations, parameters included: the lean pass (pooling and 1x1
+    reduction in one function, whose backward completes the gate's input
+    gradient) on NCHW and channels-last inputs, with the reduction as a
+    matrix product or as oneDNN's conv, and the plain composition on a
+    strided input."""
+    if gemm:
+        monkeypatch.setattr(PointwiseConv, 'MIN_GEMM_POSITIONS', 1)
     torch.manual_seed(0)
     module = randomize_(BAM(32, combine=combine)).double()
-    x = channel_blocks(torch.randn(2, 32, 6, 5, dtype=torch.float64)
-                       ).requires_grad_()
+    x = torch.randn(2, 32, 6, 5, dtype=torch.float64)
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == 'strided':
+        x = torch.randn(2, 32, 6, 10, dtype=torch.float64)[..., ::2]
+    x = channel_blocks(x).requires_grad_()
     grad = torch.randn_like(x)
     out = module(x)
+    assert ('_PoolAndReduceBackward' in _graph_functions(out)) == (
+        layout != 'strided')
     with torch.no_grad():
         torch.testing.assert_close(module(x), out, rtol=1e-14, atol=0)
     params = [x, *module.parameters()]
@@ -176,3 +203,33 @@ def test_training_path_matches_autograd_of_reference(combine,
     expected = torch.autograd.grad(bam_ref(module, x, True), params, grad)
     for a, e in zip(actual, expected):  # (biases before a BN: 0 + noise)
         torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-12)
+
+
+def test_pool_and_reduce_gradcheck(monkeypatch):
+    """The pooling + 1x1 reduction alone (no gradient handed over)
+    against finite differences, as a matrix product and as a conv."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 5, 1, 1, dtype=torch.float64,
+                         requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    for positions in (1, 10 ** 9):
+        monkeypatch.setattr(PointwiseConv, 'MIN_GEMM_POSITIONS', positions)
+        assert torch.autograd.gradcheck(
+            lambda *args: _PoolAndReduce.apply(*args, GradientHandoff()),
+            (x, weight, bias))
+
+
+def test_parameters_only_training_and_inference_take_plain_passes():
+    """An input that needs no gradient (the first layer) trains the
+    parameters through the plain pooling and reduction, and inference
+    matches training mode's output."""
+    torch.manual_seed(0)
+    module = randomize_(BAM(16)).double()
+    x = torch.randn(2, 16, 6, 5, dtype=torch.float64)
+    out = module(x)
+    assert '_PoolAndReduceBackward' not in _graph_functions(out)
+    out.sum().backward()
+    assert all(p.grad is not None for p in module.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), out, rtol=1e-14, atol=0)
