@@ -13,8 +13,8 @@ _base_ = [
     '../_base_/pretrain/imagenet_8xb32_100e.py',
     '../_base_/attention/fca.py',
 ]
-# mmdet.ResNet: the detection backbone's class, so the keys match;
-# trained from scratch, its BatchNorm must not be frozen.
+# mmdet.ResNet: the detection backbone's class, so the keys match; trained from
+# scratch, its BatchNorm must not be frozen.
 model = dict(
     backbone=dict(
         _base_.attention_backbone,

@@ -12,8 +12,8 @@ _base_ = [
     '../_base_/pretrain/imagenet_8xb32_100e.py',
     '../_base_/attention/sk.py',
 ]
-# mmdet.SKResNet: the detection backbone's class, so the keys match;
-# trained from scratch, its BatchNorm must not be frozen.
+# mmdet.SKResNet: the detection backbone's class, so the keys match; trained
+# from scratch, its BatchNorm must not be frozen.
 model = dict(
     backbone=dict(
         _base_.attention_backbone,

@@ -234,9 +234,10 @@ def render_pretrain(attention: str, depth: str) -> str:
             f"    'mmpretrain::_base_/models/resnet{layers}.py',\n"
             f"    '{PRETRAIN_BASE}',\n"
             f"    '../_base_/attention/{attention}.py',\n]\n"
-            f'# {backbone}: the detection backbone\'s class, so the keys '
-            'match;\n# trained from scratch, its BatchNorm must not be '
-            'frozen.\n'
+            + '\n'.join(_wrap(
+                f'{backbone}: the detection backbone\'s class, so the keys '
+                'match; trained from scratch, its BatchNorm must not be '
+                'frozen.')) + '\n'
             'model = dict(\n    backbone=dict(\n'
             '        _base_.attention_backbone,\n'
             f"        type='{backbone}',\n"
