@@ -206,7 +206,9 @@ class PointwiseConv(nn.Conv2d):
                                    ('padding', padding, 0),
                                    ('dilation', dilation, 1),
                                    ('groups', groups, 1)):
-            if nn.modules.utils._pair(value) != (plain, plain):
+            pair = tuple(value) if isinstance(value, (tuple, list)) else (
+                value, value)
+            if pair != (plain, plain):
                 raise ValueError(f'PointwiseConv is a plain 1x1 conv: '
                                  f'{name} must be {plain}, got {value!r}')
         super().__init__(in_channels, out_channels, 1, bias=bias)

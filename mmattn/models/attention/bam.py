@@ -93,6 +93,7 @@ class BAM(AttentionModule):
 
     _abbr_ = 'bam'
     default_position = 'after_stage'
+    takes_residual = True
 
     def __init__(self,
                  in_channels: int,
@@ -149,7 +150,10 @@ class BAM(AttentionModule):
                               nn.BatchNorm2d, nn.LayerNorm)):
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``y`` (+ ``residual``: a residual block may hand its shortcut,
+        added in the pass of the gate)."""
         b, c = x.shape[:2]
         if self.training and b == 1 and self.channel_norm == 'BN':
             raise ValueError(
@@ -176,10 +180,12 @@ class BAM(AttentionModule):
         if not sigmoid:
             att = mc * ms if product else mc + ms  # (B, C, H, W)
             # x * (1 + s) in one pass: x + x * s.
-            return torch.addcmul(x, x, self.gate(att).to(x.dtype))
+            out = torch.addcmul(x, x, self.gate(att).to(x.dtype))
+            return out if residual is None else out + residual
         if needs_grad(x, mc, ms):
-            return BAMGateFunction.apply(x, mc, ms, product, handoff)
-        return bam_gate(x, mc, ms, product)
+            return BAMGateFunction.apply(x, mc, ms, product, handoff,
+                                         residual)
+        return bam_gate(x, mc, ms, product, residual)
 
     def spatial_tail(self, hidden: torch.Tensor) -> torch.Tensor:
         """The spatial branch after its 1x1 reduction, (B, C/r, H, W) ->
@@ -268,18 +274,24 @@ def _attention(mc: torch.Tensor, ms: torch.Tensor,
 
 
 def bam_gate(x: torch.Tensor, mc: torch.Tensor, ms: torch.Tensor,
-             product: bool) -> torch.Tensor:
-    """:math:`x (1 + \\sigma(M_c \\circledast M_s))`, a block of channels
-    at a time on the CPU (:func:`~mmattn.models.common.channel_blocks`),
-    so that the full-size attention map is never written (plain ops under
-    graph capture)."""
+             product: bool,
+             residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:math:`x (1 + \\sigma(M_c \\circledast M_s))` (+ ``residual``), a
+    block of channels at a time on the CPU
+    (:func:`~mmattn.models.common.channel_blocks`), so that the full-size
+    attention map is never written (plain ops under graph capture)."""
     if capturing_graph():
         att = mc * ms if product else mc + ms  # (B, C, H, W)
-        return torch.addcmul(x, x, att.sigmoid().to(x.dtype))
+        out = torch.addcmul(x, x, att.sigmoid().to(x.dtype))
+        return out if residual is None else out + residual
     out = torch.empty_like(x)
-    for x_b, mc_b, ms_b, out_b in channel_blocks(x, mc, ms, out):
+    blocks = channel_blocks(x, mc, ms, out,
+                            x if residual is None else residual)
+    for x_b, mc_b, ms_b, out_b, res_b in blocks:
         s = _attention(mc_b, ms_b, product)
         torch.addcmul(x_b, x_b, s.to(x.dtype), out=out_b)
+        if residual is not None:  # (x + x s) + r, the block's own order
+            out_b.add_(res_b)
     return out
 
 
@@ -310,10 +322,12 @@ class BAMGateFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, x: torch.Tensor, mc: torch.Tensor,
                 ms: torch.Tensor, product: bool,
-                handoff: Optional[GradientHandoff] = None) -> torch.Tensor:
+                handoff: Optional[GradientHandoff] = None,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         ctx.product, ctx.handoff = product, handoff
+        ctx.has_residual = residual is not None
         ctx.save_for_backward(x, mc, ms)
-        return bam_gate(x, mc, ms, product)
+        return bam_gate(x, mc, ms, product, residual)
 
     @staticmethod
     @once_differentiable
@@ -334,4 +348,6 @@ class BAMGateFunction(torch.autograd.Function):
                 1, keepdim=True))
         if ctx.handoff is not None:  # the pooling's backward returns it
             ctx.handoff.grad, grad_x = grad_x, None
-        return grad_x, grad_mc, grad_ms, None, None
+        # the residual's gradient is the upstream one, passed on as is
+        return (grad_x, grad_mc, grad_ms, None, None,
+                grad if ctx.has_residual else None)

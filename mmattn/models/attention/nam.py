@@ -22,17 +22,23 @@ def _bn_importance(bn: nn.Module) -> torch.Tensor:
 
 
 def nam_channel_gate_(y: torch.Tensor, x: torch.Tensor,
-                      importance: torch.Tensor) -> torch.Tensor:
-    """NAM's output ``x * sigmoid(w * y)`` from ``y = BN(x)``, w the
-    ``importance`` (C,): the eager module's operations, done in place in y
-    when the gate keeps y's dtype, a block of
-    channels at a time (:func:`~mmattn.models.common.channel_blocks`: one
-    pass over memory instead of three)."""
+                      importance: torch.Tensor,
+                      residual: Optional[torch.Tensor] = None
+                      ) -> torch.Tensor:
+    """NAM's output ``x * sigmoid(w * y)`` (+ ``residual``) from
+    ``y = BN(x)``, w the ``importance`` (C,): the eager module's
+    operations, done in place in y when the gate keeps y's dtype, a block
+    of channels at a time (:func:`~mmattn.models.common.channel_blocks`:
+    one pass over memory instead of three)."""
     importance = importance.view(1, -1, 1, 1)
     if torch.result_type(y, importance) != y.dtype:
-        return x * torch.sigmoid(y * importance).to(x.dtype)
-    for y_b, x_b, importance_b in channel_blocks(y, x, importance):
+        out = x * torch.sigmoid(y * importance).to(x.dtype)
+        return out if residual is None else out + residual
+    for y_b, x_b, importance_b, res_b in channel_blocks(
+            y, x, importance, x if residual is None else residual):
         y_b.mul_(importance_b).sigmoid_().mul_(x_b)
+        if residual is not None:
+            y_b.add_(res_b)
     return y
 
 
@@ -74,13 +80,15 @@ class NAMChannelFunction(torch.autograd.Function):
                 bias: torch.Tensor, importance: torch.Tensor, eps: float,
                 running_mean: Optional[torch.Tensor],
                 running_var: Optional[torch.Tensor], use_batch_stats: bool,
-                factor: float) -> torch.Tensor:
+                factor: float,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         y, mean, invstd = batch_norm_with_stats(x, weight, bias, eps,
                                                 running_mean, running_var,
                                                 use_batch_stats, factor)
         ctx.use_batch_stats = use_batch_stats
+        ctx.has_residual = residual is not None
         ctx.save_for_backward(x, weight, bias, importance, mean, invstd)
-        return nam_channel_gate_(y, x, importance)
+        return nam_channel_gate_(y, x, importance, residual)
 
     @staticmethod
     @once_differentiable
@@ -119,8 +127,10 @@ class NAMChannelFunction(torch.autograd.Function):
         sum_q, sum_qd = sums.view(2, c)
         grad_weight = importance * invstd * sum_qd  # (C, )
         grad_bias = importance * sum_q
+        # the residual's gradient is the upstream one, passed on as is
         return (grad_x, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype),
-                None, None, None, None, None, None)
+                None, None, None, None, None, None,
+                grad if ctx.has_residual else None)
 
 
 def _pair(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -200,6 +210,7 @@ class NAM(AttentionModule):
     """
 
     _abbr_ = 'nam'
+    takes_residual = True
 
     def __init__(self,
                  in_channels: int,
@@ -232,7 +243,11 @@ class NAM(AttentionModule):
                 nn.init.ones_(bn.weight)
                 nn.init.zeros_(bn.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The gated x (+ ``residual``: a residual block may hand its
+        shortcut, added in the pass of the channel gate when it is the
+        last one)."""
         b, c, h, w = x.shape
         if self.spatial_bn is not None and (h, w) != self.spatial_size:
             raise ValueError(
@@ -240,12 +255,15 @@ class NAM(AttentionModule):
                 f'pixel gate but got an input of H x W = {(h, w)}')
         bn = self.channel_bn
         weight = _bn_importance(bn)  # (C, )
+        fused = residual if self.spatial_bn is None else None
         if type(bn) is nn.BatchNorm2d and needs_grad(x, bn.weight, bn.bias):
             out = NAMChannelFunction.apply(x, bn.weight, bn.bias, weight,
-                                           bn.eps, *batch_norm_state(bn))
+                                           bn.eps, *batch_norm_state(bn),
+                                           fused)
         else:
             gate = torch.sigmoid(bn(x) * weight.view(1, c, 1, 1))
             out = x * gate.to(x.dtype)  # (B, C, H, W)
+            out = out if fused is None else out + fused
         if self.spatial_bn is None:
             return out
         # Positions become BN1d features, normalised over batch and C.
@@ -253,7 +271,8 @@ class NAM(AttentionModule):
         weight = _bn_importance(self.spatial_bn).view(1, h * w, 1)
         gate = torch.sigmoid(self.spatial_bn(flat) * weight)  # (B, H*W, C)
         gate = gate.transpose(1, 2).reshape(b, c, h, w)  # (B, C, H, W)
-        return out * gate.to(x.dtype)
+        out = out * gate.to(x.dtype)
+        return out if residual is None else out + residual
 
     def extra_repr(self) -> str:
         return f'spatial_size={self.spatial_size}'

@@ -1,5 +1,5 @@
 """Spatial Group-wise Enhance (SGE)."""
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -61,6 +61,7 @@ class SGE(AttentionModule):
     """
 
     _abbr_ = 'sge'
+    takes_residual = True
 
     def __init__(self,
                  in_channels: int,
@@ -83,13 +84,17 @@ class SGE(AttentionModule):
         nn.init.zeros_(self.weight)
         nn.init.ones_(self.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The gated x (+ ``residual``: a residual block may hand its
+        shortcut, added in the pass of the product)."""
         if needs_grad(x, self.weight, self.bias):
             return SGEFunction.apply(x, self.weight, self.bias, self.groups,
-                                     self.eps)
+                                     self.eps, residual)
         b, c, h, w = x.shape
         gate = sge_gate(x, self.weight, self.bias, self.groups, self.eps)[0]
-        return (x.view(b, self.groups, -1, h, w) * gate).reshape(b, c, h, w)
+        out = (x.view(b, self.groups, -1, h, w) * gate).reshape(b, c, h, w)
+        return out if residual is None else out + residual
 
     def extra_repr(self) -> str:
         return f'groups={self.groups}, eps={self.eps}'
@@ -160,23 +165,28 @@ class SGEFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor,
-                bias: torch.Tensor, groups: int,
-                eps: float) -> torch.Tensor:
+                bias: torch.Tensor, groups: int, eps: float,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         gate, (g, t, std, var) = sge_gate(x, weight, bias, groups, eps)
         ctx.groups, ctx.eps = groups, eps
+        ctx.has_residual = residual is not None
         ctx.save_for_backward(x, weight, bias, g, t, std, var)
         # Written into a tensor of x's shape: a custom Function must not
         # return a view (``(xg * gate).reshape`` is one).
+        shape = g.shape[:3] + x.shape[2:]  # (B, G, C/G, H, W)
         out = torch.empty_like(x)
-        torch.mul(x.view(g.shape[:3] + x.shape[2:]), gate,
-                  out=out.view(g.shape[:3] + x.shape[2:]))
+        if residual is None:
+            torch.mul(x.view(shape), gate, out=out.view(shape))
+        else:  # r + x * gate in the same pass
+            torch.addcmul(residual.reshape(shape), x.view(shape), gate,
+                          out=out.view(shape))
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: torch.Tensor
                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, None,
-                            None]:
+                            None, Optional[torch.Tensor]]:
         x, weight, bias, g, t, std, var = ctx.saved_tensors
         b, c, h, w = x.shape
         shape = g.shape[:3] + (h, w)  # (B, G, C/G, H, W)
@@ -188,8 +198,10 @@ class SGEFunction(torch.autograd.Function):
                                      grad_x.view(shape), grad_weight,
                                      grad_bias):
             _grad_block(*blocks, ctx.eps)
+        # the residual's gradient is the upstream one, passed on as is
         return (grad_x, grad_weight.to(weight.dtype),
-                grad_bias.to(bias.dtype), None, None)
+                grad_bias.to(bias.dtype), None, None,
+                grad if ctx.has_residual else None)
 
 
 def _grad_block(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor,

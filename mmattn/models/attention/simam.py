@@ -1,5 +1,5 @@
 """SimAM: a simple, parameter-free attention module."""
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
@@ -52,6 +52,7 @@ class SimAM(AttentionModule):
     """
 
     _abbr_ = 'simam'
+    takes_residual = True
 
     def __init__(self, in_channels: int, e_lambda: float = 1e-4) -> None:
         super().__init__()
@@ -60,10 +61,14 @@ class SimAM(AttentionModule):
         self.in_channels = in_channels
         self.e_lambda = float(e_lambda)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:math:`\\tilde{x}` (+ ``residual``: a residual block may hand
+        its shortcut, added in the pass of the product)."""
         if needs_grad(x):
-            return SimAMFunction.apply(x, self.e_lambda)
-        return simam_forward(x, *simam_statistics(x, self.e_lambda))
+            return SimAMFunction.apply(x, self.e_lambda, residual)
+        return simam_forward(x, *simam_statistics(x, self.e_lambda),
+                             residual)
 
     def extra_repr(self) -> str:
         return f'e_lambda={self.e_lambda}'
@@ -79,19 +84,26 @@ def simam_statistics(x: torch.Tensor,
     return mean, 1.0 / (4 * (var + e_lambda))
 
 
-def simam_forward(x: torch.Tensor, mean: torch.Tensor,
-                  inv: torch.Tensor) -> torch.Tensor:
-    """:math:`x \\cdot \\sigma((x - \\mu)^2 \\cdot inv + 1/2)`, a block of
-    channels at a time on the CPU (:func:`channel_blocks`), so that the
-    gate's temporaries stay in cache: memory sees one read of x and one
-    write of the output."""
+def simam_forward(x: torch.Tensor, mean: torch.Tensor, inv: torch.Tensor,
+                  residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:math:`x \\cdot \\sigma((x - \\mu)^2 \\cdot inv + 1/2)`
+    (+ ``residual``), a block of channels at a time on the CPU
+    (:func:`channel_blocks`), so that the gate's temporaries stay in cache:
+    memory sees one read of x (and of the residual) and one write of the
+    output."""
     if capturing_graph():  # plain graph ops (the loop's out= writes)
         gate = (x - mean).square().mul(inv).add(0.5).sigmoid()
-        return x * gate.to(x.dtype)
+        out = x * gate.to(x.dtype)
+        return out if residual is None else out + residual
     out = torch.empty_like(x)
-    for x_b, mean_b, inv_b, out_b in channel_blocks(x, mean, inv, out):
+    blocks = channel_blocks(x, mean, inv, out,
+                            x if residual is None else residual)
+    for x_b, mean_b, inv_b, out_b, res_b in blocks:
         gate = (x_b - mean_b).square_().mul_(inv_b).add_(0.5).sigmoid_()
-        torch.mul(x_b, gate.to(x.dtype), out=out_b)
+        if residual is None:
+            torch.mul(x_b, gate.to(x.dtype), out=out_b)
+        else:
+            torch.addcmul(res_b, x_b, gate.to(x.dtype), out=out_b)
     return out
 
 
@@ -118,22 +130,24 @@ class SimAMFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: FunctionCtx, x: torch.Tensor,
-                e_lambda: float) -> torch.Tensor:
+    def forward(ctx: FunctionCtx, x: torch.Tensor, e_lambda: float,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         mean, inv = simam_statistics(x, e_lambda)
         ctx.save_for_backward(x, mean, inv)
-        return simam_forward(x, mean, inv)
+        ctx.has_residual = residual is not None
+        return simam_forward(x, mean, inv, residual)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx,
-                 grad: torch.Tensor) -> Tuple[torch.Tensor, None]:
+    def backward(ctx: FunctionCtx, grad: torch.Tensor
+                 ) -> Tuple[torch.Tensor, None, Optional[torch.Tensor]]:
         x, mean, inv = ctx.saved_tensors
         num = x.shape[2] * x.shape[3]
         grad_x = torch.empty_like(x)
         for blocks in channel_blocks(x, grad, mean, inv, grad_x):
             _grad_block(*blocks, num)
-        return grad_x, None
+        # the residual's gradient is the upstream one, passed on as is
+        return grad_x, None, grad if ctx.has_residual else None
 
 
 def _grad_block(x: torch.Tensor, grad: torch.Tensor, mean: torch.Tensor,

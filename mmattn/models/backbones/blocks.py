@@ -16,8 +16,8 @@ mmdet's ``Bottleneck`` takes plugins after conv1/conv2/conv3 only, and its
   :class:`~mmattn.models.attention.GlobalContext`), is handed the norm's
   input and affine (:func:`batch_norm_with_affine`), so that training
   keeps no copy of the norm's output for its backward; the last, if it
-  ``takes_residual`` (those, CBAM, Triplet and Coordinate attention), the
-  shortcut, to add in the pass of its product;
+  ``takes_residual`` (those, CBAM, Triplet, Coordinate attention, SimAM,
+  SGE, NAM and BAM), the shortcut, to add in the pass of its product;
 * a replacement of the block's strided 3x3 conv (``attn_conv``, e.g.
   :class:`~mmattn.models.backbones.SKConv`, :class:`PSAConv`): conv2 of a
   Bottleneck, conv1 of a BasicBlock (as timm's SK-ResNet-18/34). A
@@ -109,10 +109,11 @@ class _AttentionBlockMixin:
         affine (:func:`batch_norm_with_affine`), so that its backward keeps
         ``z``, which the norm keeps anyway, rather than ``norm(z)``; and
         the last module, if it ``takes_residual`` (those, CBAM, Triplet,
-        Coordinate attention), the shortcut, to add in the pass of its
-        product. Other norms (SyncBN, GN: statistics not the block's to
-        reproduce), a norm with forward hooks (which the kernel call would
-        bypass) and inference take the plain path."""
+        Coordinate attention, SimAM, SGE, NAM, BAM), the shortcut, to
+        add in the pass of its product. Other norms (SyncBN, GN:
+        statistics not the block's to reproduce), a norm with forward hooks
+        (which the kernel call would bypass) and inference take the plain
+        path."""
         modules = [getattr(self, name) for name in plugin_names]
         if not (modules and needs_grad(z)):
             return self.forward_plugin(norm(z), plugin_names) + identity

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn as nn
 from attention_reference import batch_norm_ref, conv2d_ref
-from helpers import assert_rel_close, randomize_
+from helpers import (assert_rel_close, assert_training_pass_matches,
+                     randomize_)
 
 from mmattn.models.attention import BAM
 from mmattn.models.attention.bam import BAMGateFunction, _PoolAndReduce
@@ -233,3 +234,24 @@ def test_parameters_only_training_and_inference_take_plain_passes():
     assert all(p.grad is not None for p in module.parameters())
     with torch.no_grad():
         torch.testing.assert_close(module(x), out, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+@pytest.mark.parametrize('combine', ['sum', 'product'])
+def test_training_pass_with_residual(combine, channels_last,
+                                     channel_blocks):
+    """A residual block's shortcut, added in the gate's pass: output and
+    gradients (x, residual, parameters) as autograd's through the
+    equations plus the residual; inference adds it in the same pass."""
+    torch.manual_seed(0)
+    module = randomize_(BAM(32, combine=combine)).double()
+    x = torch.randn(2, 32, 6, 5, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert_training_pass_matches(
+        module, lambda m, t: bam_ref(m, t, True), channel_blocks(x))
+    residual = torch.randn_like(x)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x, residual=residual),
+                                   bam_ref(module, x, True) + residual,
+                                   rtol=1e-12, atol=1e-12)

@@ -5,7 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import assert_rel_close, randomize_
+from helpers import (assert_rel_close, assert_training_pass_matches,
+                     randomize_)
 
 from mmattn.engine.hooks import NAMSparsityHook
 from mmattn.models.attention import NAM
@@ -387,3 +388,22 @@ def test_function_only_for_plain_batch_norm():
         assert layer(x).grad_fn is None
     layer.channel_bn = OtherBN(8)
     assert type(layer(x).grad_fn).__name__ != 'NAMChannelFunctionBackward'
+
+
+@pytest.mark.parametrize('spatial', [False, True],
+                         ids=['channel', 'channel+pixel'])
+def test_training_pass_with_residual(spatial, channel_blocks):
+    """A residual block's shortcut: added in the channel gate's pass when
+    that gate is the last, after the pixel gate otherwise; output and
+    gradients (x, residual, BN parameters) as autograd's through the
+    equations plus the residual."""
+    torch.manual_seed(0)
+    kwargs = dict(spatial=True, spatial_size=(4, 5)) if spatial else {}
+    layer = randomize_(NAM(6, **kwargs)).double()
+    x = channel_blocks(torch.randn(3, 6, 4, 5, dtype=torch.float64))
+
+    def reference(m, t):
+        out = channel_ref(t, m.channel_bn, training=True)
+        return pixel_ref(out, m.spatial_bn) if spatial else out
+
+    assert_training_pass_matches(layer, reference, x)

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from helpers import assert_rel_close, randomize_
+from helpers import (assert_rel_close, assert_training_pass_matches,
+                     randomize_)
 
 from mmattn.models.attention import SGE
 from mmattn.models.attention.sge import SGEFunction
@@ -145,3 +146,25 @@ def test_training_path_matches_autograd_of_reference(channel_blocks):
     assert_rel_close(x.grad, expected[0])
     assert_rel_close(layer.weight.grad.flatten(), expected[1])
     assert_rel_close(layer.bias.grad.flatten(), expected[2])
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_training_pass_with_residual(channels_last, channel_blocks):
+    """A residual block's shortcut, added in the product's pass: output
+    and gradients (x, residual, gamma, beta) as autograd's through the
+    paper's equations plus the residual; inference adds it too."""
+    torch.manual_seed(0)
+    layer = randomize_(SGE(32, groups=8)).double()
+    x = torch.randn(2, 32, 5, 6, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def reference(m, t):
+        return reference_sge(t, m.weight.flatten(), m.bias.flatten(), 8)
+
+    assert_training_pass_matches(layer, reference, channel_blocks(x))
+    residual = torch.randn_like(x)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, residual=residual),
+                                   reference(layer, x) + residual,
+                                   rtol=1e-12, atol=1e-12)

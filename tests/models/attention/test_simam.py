@@ -1,7 +1,7 @@
 """SimAM against the paper's minimal energy (eq. 5), computed in float64."""
 import pytest
 import torch
-from helpers import assert_rel_close
+from helpers import assert_rel_close, assert_training_pass_matches
 
 from mmattn.models.attention import SimAM
 from mmattn.models.attention.simam import SimAMFunction
@@ -101,3 +101,22 @@ def test_training_path_matches_autograd_of_reference(channel_blocks):
         assert torch.equal(SimAM(5, e_lambda=0.1)(x), out)
     expected_grad, = torch.autograd.grad(reference_simam(x, 0.1), x, grad)
     assert_rel_close(x.grad, expected_grad)
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_training_pass_with_residual(channels_last, channel_blocks):
+    """The block's shortcut, added in the product's pass (the forward's
+    blocks), passes the upstream gradient on unchanged; output and
+    gradients as autograd's through the energy formula plus the
+    residual."""
+    x = torch.randn(2, 5, 6, 5, dtype=torch.float64) * 2
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert_training_pass_matches(
+        SimAM(5, e_lambda=0.1), lambda m, t: reference_simam(t, 0.1),
+        channel_blocks(x))
+    residual = torch.randn_like(x)
+    with torch.no_grad():  # inference adds it in the same pass too
+        torch.testing.assert_close(
+            SimAM(5, e_lambda=0.1)(x, residual=residual),
+            reference_simam(x, 0.1) + residual, rtol=1e-12, atol=1e-12)

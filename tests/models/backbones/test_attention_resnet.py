@@ -475,8 +475,13 @@ def test_channel_gate_keeps_no_extra_activation(depth, gate):
     (dict(type='GlobalContext'), dict(type='ContextBlock', ratio=1 / 16)),
     (dict(type='CBAM'), dict(type='CBAM')),
     (dict(type='TripletAttention'), dict(type='TripletAttention')),
-    (dict(type='CoordAttention'), dict(type='CoordAttention'))],
-                         ids=['SE', 'GC', 'CBAM', 'Triplet', 'Coordinate'])
+    (dict(type='CoordAttention'), dict(type='CoordAttention')),
+    (dict(type='SimAM'), dict(type='SimAM')),
+    (dict(type='SGE'), dict(type='SGE')),
+    (dict(type='NAM'), dict(type='NAM')),
+    (dict(type='BAM'), dict(type='BAM'))],
+                         ids=['SE', 'GC', 'CBAM', 'Triplet', 'Coordinate',
+                              'SimAM', 'SGE', 'NAM', 'BAM'])
 def test_lean_path_matches_mmdet_block(norm_eval, ours_cfg, theirs_cfg):
     """Same outputs and gradients as the plugin in mmdet's own ResNet (for
     GC, mmcv's ContextBlock), which calls it without the norm's input or
