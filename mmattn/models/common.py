@@ -175,7 +175,8 @@ class PointwiseConv(nn.Conv2d):
       DANet, CCNet and Non-local).
 
     Anything else (channels-last maps, small maps, CUDA) runs the
-    convolution, which is fast there. The result is the convolution's up
+    convolution, which is fast there, and so do tracing and ONNX export
+    (``torch.compile`` keeps the product). The result is the convolution's up
     to rounding. On this project's 2-core CPU, forward + backward: 2-4x
     faster on a descriptor (oneDNN pays a fixed cost that a 1 x 1 map does
     not amortise; 2-3% of a ResNet-50 train step with SE or GC), and on an
@@ -244,7 +245,9 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor,
         return nn.functional.linear(x.flatten(1), matrix, bias)[:, :, None,
                                                                 None]
     if (x.device.type != 'cpu' or not x.is_contiguous()
-            or h * w < PointwiseConv.MIN_GEMM_POSITIONS):
+            or h * w < PointwiseConv.MIN_GEMM_POSITIONS
+            or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+        # (an exported graph keeps the conv: one op, for any input size)
         return nn.functional.conv2d(x, weight, bias)
     matrix = matrix.expand(b, *matrix.shape)  # (B, C', C)
     flat = x.view(b, c, h * w)  # (B, C, HW)

@@ -259,6 +259,17 @@ def test_pointwise_conv_is_the_1x1_conv(bias, channels_last, monkeypatch):
         assert torch.autograd.gradcheck(fc, (x, ))
 
 
+def test_pointwise_conv_exports_the_conv(monkeypatch):
+    """While exporting, a map that would run as the product runs the
+    convolution (one ONNX op, for any input size)."""
+    monkeypatch.setattr(common.PointwiseConv, 'MIN_GEMM_POSITIONS', 1)
+    conv = common.PointwiseConv(6, 5)
+    x = torch.randn(2, 6, 3, 4, requires_grad=True)
+    assert _ran(conv(x)) == 'BaddbmmBackward0'
+    monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: True)
+    assert _ran(conv(x)) == 'ConvolutionBackward0'
+
+
 def test_pointwise_conv_under_autocast():
     """The batched product follows autocast as the convolution does."""
     conv = common.PointwiseConv(8, 4)
