@@ -396,6 +396,14 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def nchw_or_channels_last(x: torch.Tensor) -> bool:
+    """Whether x (B, C, H, W) is NCHW- or channels-last-contiguous: the
+    layouts whose (B, C, HW) or (B, HW, C) reshape is a view of x, through
+    which the fused paths (CBAM, BAM) pool x and write its gradient."""
+    return x.is_contiguous() or x.is_contiguous(
+        memory_format=torch.channels_last)
+
+
 class GradientHandoff:
     """Passes a partial input gradient between the hand-written backward
     passes of one module, so that the input gradient is written once.
@@ -719,12 +727,14 @@ class _ScaleChannels(torch.autograd.Function):
 
 
 def multiply_add(x: torch.Tensor, scale: torch.Tensor,
-                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 residual: Optional[torch.Tensor] = None,
+                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x * scale``, or ``residual + x * scale`` in one pass (one write of
-    the output instead of two)."""
+    the output instead of two), into ``out`` if given (a block of a larger
+    output)."""
     if residual is None:
-        return x * scale
-    return torch.addcmul(residual, x, scale)
+        return torch.mul(x, scale, out=out)
+    return torch.addcmul(residual, x, scale, out=out)
 
 
 NormInput = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -835,11 +845,8 @@ def _scale_by_maps_in_blocks(x: torch.Tensor, maps: Sequence[torch.Tensor],
     blocks = channel_blocks(x, out, x if residual is None else residual,
                             *maps)
     for x_b, out_b, r_b, *maps_b in blocks:
-        gate = _maps_gate(maps_b, divisor, product, x.dtype)
-        if residual is None:
-            torch.mul(x_b, gate, out=out_b)
-        else:
-            torch.addcmul(r_b, x_b, gate, out=out_b)
+        multiply_add(x_b, _maps_gate(maps_b, divisor, product, x.dtype),
+                     None if residual is None else r_b, out=out_b)
     return out
 
 

@@ -8,7 +8,8 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from mmattn.models.common import (ActLayer, GradientHandoff, PointwiseConv,
                                   capturing_graph, channel_blocks,
                                   check_choice, check_positive_int,
-                                  create_act, needs_grad, pointwise_conv,
+                                  create_act, nchw_or_channels_last,
+                                  needs_grad, pointwise_conv,
                                   reduced_channels, spatial_mean)
 from mmattn.registry import MODELS
 from .base import AttentionModule
@@ -164,7 +165,7 @@ class BAM(AttentionModule):
         sigmoid = type(self.gate) is nn.Sigmoid
         reduce = self.spatial[0]
         handoff = None
-        if sigmoid and needs_grad(x) and _dense(x):
+        if sigmoid and needs_grad(x) and nchw_or_channels_last(x):
             # x is read twice (the pooling and 1x1 conv, then the gate):
             # the gate's backward hands its gradient of x to the first.
             handoff = GradientHandoff()
@@ -179,9 +180,7 @@ class BAM(AttentionModule):
         product = self.combine == 'product'
         if not sigmoid:
             att = mc * ms if product else mc + ms  # (B, C, H, W)
-            # x * (1 + s) in one pass: x + x * s.
-            out = torch.addcmul(x, x, self.gate(att).to(x.dtype))
-            return out if residual is None else out + residual
+            return amplify(x, self.gate(att).to(x.dtype), residual)
         if needs_grad(x, mc, ms):
             return BAMGateFunction.apply(x, mc, ms, product, handoff,
                                          residual)
@@ -197,13 +196,6 @@ class BAM(AttentionModule):
         for layer in self.spatial[1:]:
             hidden = layer(hidden)
         return hidden
-
-
-def _dense(x: torch.Tensor) -> bool:
-    """Whether x is NCHW- or channels-last-contiguous, the layouts whose
-    (B, C, HW) view :class:`_PoolAndReduce` writes its gradient through."""
-    return x.is_contiguous() or x.is_contiguous(
-        memory_format=torch.channels_last)
 
 
 class _PoolAndReduce(torch.autograd.Function):
@@ -267,6 +259,16 @@ class _PoolAndReduce(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
+def amplify(x: torch.Tensor, s: torch.Tensor,
+            residual: Optional[torch.Tensor] = None,
+            out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """BAM's :math:`x (1 + s)`, as ``x + x s`` in one pass, then
+    ``+ residual`` (the residual block's own order); into ``out`` if
+    given."""
+    y = torch.addcmul(x, x, s, out=out)
+    return y if residual is None else y.add_(residual)
+
+
 def _attention(mc: torch.Tensor, ms: torch.Tensor,
                product: bool) -> torch.Tensor:
     """:math:`\\sigma(M_c \\circledast M_s)` of a block of channels."""
@@ -282,16 +284,13 @@ def bam_gate(x: torch.Tensor, mc: torch.Tensor, ms: torch.Tensor,
     attention map is never written (plain ops under graph capture)."""
     if capturing_graph():
         att = mc * ms if product else mc + ms  # (B, C, H, W)
-        out = torch.addcmul(x, x, att.sigmoid().to(x.dtype))
-        return out if residual is None else out + residual
+        return amplify(x, att.sigmoid().to(x.dtype), residual)
     out = torch.empty_like(x)
     blocks = channel_blocks(x, mc, ms, out,
                             x if residual is None else residual)
     for x_b, mc_b, ms_b, out_b, res_b in blocks:
-        s = _attention(mc_b, ms_b, product)
-        torch.addcmul(x_b, x_b, s.to(x.dtype), out=out_b)
-        if residual is not None:  # (x + x s) + r, the block's own order
-            out_b.add_(res_b)
+        amplify(x_b, _attention(mc_b, ms_b, product).to(x.dtype),
+                None if residual is None else res_b, out=out_b)
     return out
 
 
@@ -325,7 +324,6 @@ class BAMGateFunction(torch.autograd.Function):
                 handoff: Optional[GradientHandoff] = None,
                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         ctx.product, ctx.handoff = product, handoff
-        ctx.has_residual = residual is not None
         ctx.save_for_backward(x, mc, ms)
         return bam_gate(x, mc, ms, product, residual)
 
@@ -339,7 +337,7 @@ class BAMGateFunction(torch.autograd.Function):
         for x_b, g_b, mc_b, ms_b, gx_b, gmc_b in channel_blocks(
                 x, grad, mc, ms, grad_x, grad_mc):
             s = _attention(mc_b, ms_b, ctx.product)
-            torch.addcmul(g_b, g_b, s.to(g_b.dtype), out=gx_b)
+            amplify(g_b, s.to(g_b.dtype), out=gx_b)  # g (1 + s)
             q = (g_b * x_b).to(s.dtype).mul_(s)
             q.addcmul_(q, s, value=-1)  # g x s (1 - s)
             gmc_b.copy_((q * ms_b if ctx.product else q).sum((2, 3),
@@ -348,6 +346,6 @@ class BAMGateFunction(torch.autograd.Function):
                 1, keepdim=True))
         if ctx.handoff is not None:  # the pooling's backward returns it
             ctx.handoff.grad, grad_x = grad_x, None
-        # the residual's gradient is the upstream one, passed on as is
+        # residual (the last input): its gradient is the upstream one
         return (grad_x, grad_mc, grad_ms, None, None,
-                grad if ctx.has_residual else None)
+                grad if ctx.needs_input_grad[-1] else None)

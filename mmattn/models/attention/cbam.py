@@ -6,8 +6,8 @@ import torch.nn as nn
 
 from mmattn.models.common import (ActLayer, GradientHandoff,
                                   capturing_graph, create_act, max_mean_pool,
-                                  reduced_channels, scale_by_maps,
-                                  scale_channels)
+                                  nchw_or_channels_last, reduced_channels,
+                                  scale_by_maps, scale_channels)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 from .zpool_gate import ZPoolGate, scaled_zpool
@@ -130,9 +130,7 @@ class CBAM(AttentionModule):
         of x) take the plain composition."""
         if self.spatial_gate is None:
             return scale_channels(x, self.channel_gate(x), residual=residual)
-        dense = x.is_contiguous() or x.is_contiguous(
-            memory_format=torch.channels_last)
-        if capturing_graph() or not dense:
+        if capturing_graph() or not nchw_or_channels_last(x):
             x = scale_channels(x, self.channel_gate(x))
             return scale_by_maps(x, [self.spatial_gate(x)],
                                  residual=residual)  # (B, 1, H, W) gate

@@ -7,7 +7,8 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from mmattn.models.common import (batch_norm_state, batch_norm_with_stats,
                                   channel_block_size, channel_blocks,
-                                  check_positive_int, needs_grad)
+                                  check_positive_int, multiply_add,
+                                  needs_grad)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 
@@ -32,8 +33,8 @@ def nam_channel_gate_(y: torch.Tensor, x: torch.Tensor,
     one pass over memory instead of three)."""
     importance = importance.view(1, -1, 1, 1)
     if torch.result_type(y, importance) != y.dtype:
-        out = x * torch.sigmoid(y * importance).to(x.dtype)
-        return out if residual is None else out + residual
+        return multiply_add(x, torch.sigmoid(y * importance).to(x.dtype),
+                            residual)
     for y_b, x_b, importance_b, res_b in channel_blocks(
             y, x, importance, x if residual is None else residual):
         y_b.mul_(importance_b).sigmoid_().mul_(x_b)
@@ -86,7 +87,6 @@ class NAMChannelFunction(torch.autograd.Function):
                                                 running_mean, running_var,
                                                 use_batch_stats, factor)
         ctx.use_batch_stats = use_batch_stats
-        ctx.has_residual = residual is not None
         ctx.save_for_backward(x, weight, bias, importance, mean, invstd)
         return nam_channel_gate_(y, x, importance, residual)
 
@@ -127,10 +127,10 @@ class NAMChannelFunction(torch.autograd.Function):
         sum_q, sum_qd = sums.view(2, c)
         grad_weight = importance * invstd * sum_qd  # (C, )
         grad_bias = importance * sum_q
-        # the residual's gradient is the upstream one, passed on as is
+        # residual (the last input): its gradient is the upstream one
         return (grad_x, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype),
                 None, None, None, None, None, None,
-                grad if ctx.has_residual else None)
+                grad if ctx.needs_input_grad[-1] else None)
 
 
 def _pair(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -262,8 +262,7 @@ class NAM(AttentionModule):
                                            fused)
         else:
             gate = torch.sigmoid(bn(x) * weight.view(1, c, 1, 1))
-            out = x * gate.to(x.dtype)  # (B, C, H, W)
-            out = out if fused is None else out + fused
+            out = multiply_add(x, gate.to(x.dtype), fused)  # (B, C, H, W)
         if self.spatial_bn is None:
             return out
         # Positions become BN1d features, normalised over batch and C.
@@ -271,8 +270,7 @@ class NAM(AttentionModule):
         weight = _bn_importance(self.spatial_bn).view(1, h * w, 1)
         gate = torch.sigmoid(self.spatial_bn(flat) * weight)  # (B, H*W, C)
         gate = gate.transpose(1, 2).reshape(b, c, h, w)  # (B, C, H, W)
-        out = out * gate.to(x.dtype)
-        return out if residual is None else out + residual
+        return multiply_add(out, gate.to(x.dtype), residual)
 
     def extra_repr(self) -> str:
         return f'spatial_size={self.spatial_size}'

@@ -6,8 +6,8 @@ import torch.nn as nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from mmattn.models.common import (channel_blocks, check_divisible,
-                                  check_positive_int, needs_grad,
-                                  spatial_mean, spatial_mean_var)
+                                  check_positive_int, multiply_add,
+                                  needs_grad, spatial_mean, spatial_mean_var)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 
@@ -91,10 +91,8 @@ class SGE(AttentionModule):
         if needs_grad(x, self.weight, self.bias):
             return SGEFunction.apply(x, self.weight, self.bias, self.groups,
                                      self.eps, residual)
-        b, c, h, w = x.shape
         gate = sge_gate(x, self.weight, self.bias, self.groups, self.eps)[0]
-        out = (x.view(b, self.groups, -1, h, w) * gate).reshape(b, c, h, w)
-        return out if residual is None else out + residual
+        return apply_sge_gate(x, gate, residual)
 
     def extra_repr(self) -> str:
         return f'groups={self.groups}, eps={self.eps}'
@@ -137,6 +135,20 @@ def sge_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     return gate, (g, t, std, var)
 
 
+def apply_sge_gate(x: torch.Tensor, gate: torch.Tensor,
+                   residual: Optional[torch.Tensor] = None,
+                   out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x * gate`` (+ ``residual`` in the same pass), each group's gate
+    (B, G, 1, H, W) broadcast over its C/G channels; into ``out`` (x's
+    shape) if given."""
+    b, c, h, w = x.shape
+    shape = (b, gate.shape[1], c // gate.shape[1], h, w)  # (B, G, C/G, H, W)
+    y = multiply_add(x.view(shape), gate,
+                     None if residual is None else residual.reshape(shape),
+                     out=None if out is None else out.view(shape))
+    return y.reshape(b, c, h, w)
+
+
 class SGEFunction(torch.autograd.Function):
     """SGE with a hand-written backward that saves x, the normalised
     similarity map t (C/G times smaller than x) and per-group statistics,
@@ -169,17 +181,11 @@ class SGEFunction(torch.autograd.Function):
                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         gate, (g, t, std, var) = sge_gate(x, weight, bias, groups, eps)
         ctx.groups, ctx.eps = groups, eps
-        ctx.has_residual = residual is not None
         ctx.save_for_backward(x, weight, bias, g, t, std, var)
         # Written into a tensor of x's shape: a custom Function must not
         # return a view (``(xg * gate).reshape`` is one).
-        shape = g.shape[:3] + x.shape[2:]  # (B, G, C/G, H, W)
         out = torch.empty_like(x)
-        if residual is None:
-            torch.mul(x.view(shape), gate, out=out.view(shape))
-        else:  # r + x * gate in the same pass
-            torch.addcmul(residual.reshape(shape), x.view(shape), gate,
-                          out=out.view(shape))
+        apply_sge_gate(x, gate, residual, out=out)
         return out
 
     @staticmethod
@@ -198,10 +204,10 @@ class SGEFunction(torch.autograd.Function):
                                      grad_x.view(shape), grad_weight,
                                      grad_bias):
             _grad_block(*blocks, ctx.eps)
-        # the residual's gradient is the upstream one, passed on as is
+        # residual (the last input): its gradient is the upstream one
         return (grad_x, grad_weight.to(weight.dtype),
                 grad_bias.to(bias.dtype), None, None,
-                grad if ctx.has_residual else None)
+                grad if ctx.needs_input_grad[-1] else None)
 
 
 def _grad_block(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor,

@@ -4,8 +4,8 @@ from typing import Optional, Tuple
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from mmattn.models.common import (capturing_graph, channel_blocks, needs_grad,
-                                  spatial_mean_var)
+from mmattn.models.common import (capturing_graph, channel_blocks,
+                                  multiply_add, needs_grad, spatial_mean_var)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 
@@ -93,17 +93,14 @@ def simam_forward(x: torch.Tensor, mean: torch.Tensor, inv: torch.Tensor,
     output."""
     if capturing_graph():  # plain graph ops (the loop's out= writes)
         gate = (x - mean).square().mul(inv).add(0.5).sigmoid()
-        out = x * gate.to(x.dtype)
-        return out if residual is None else out + residual
+        return multiply_add(x, gate.to(x.dtype), residual)
     out = torch.empty_like(x)
     blocks = channel_blocks(x, mean, inv, out,
                             x if residual is None else residual)
     for x_b, mean_b, inv_b, out_b, res_b in blocks:
         gate = (x_b - mean_b).square_().mul_(inv_b).add_(0.5).sigmoid_()
-        if residual is None:
-            torch.mul(x_b, gate.to(x.dtype), out=out_b)
-        else:
-            torch.addcmul(res_b, x_b, gate.to(x.dtype), out=out_b)
+        multiply_add(x_b, gate.to(x.dtype),
+                     None if residual is None else res_b, out=out_b)
     return out
 
 
@@ -134,7 +131,6 @@ class SimAMFunction(torch.autograd.Function):
                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         mean, inv = simam_statistics(x, e_lambda)
         ctx.save_for_backward(x, mean, inv)
-        ctx.has_residual = residual is not None
         return simam_forward(x, mean, inv, residual)
 
     @staticmethod
@@ -146,8 +142,8 @@ class SimAMFunction(torch.autograd.Function):
         grad_x = torch.empty_like(x)
         for blocks in channel_blocks(x, grad, mean, inv, grad_x):
             _grad_block(*blocks, num)
-        # the residual's gradient is the upstream one, passed on as is
-        return grad_x, None, grad if ctx.has_residual else None
+        # residual (the last input): its gradient is the upstream one
+        return grad_x, None, grad if ctx.needs_input_grad[-1] else None
 
 
 def _grad_block(x: torch.Tensor, grad: torch.Tensor, mean: torch.Tensor,
