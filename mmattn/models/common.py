@@ -218,9 +218,7 @@ class PointwiseConv(nn.Conv2d):
     def from_conv(cls, conv: nn.Conv2d) -> 'PointwiseConv':
         """A ``PointwiseConv`` holding ``conv``'s own parameters (a 1x1,
         ungrouped, unpadded ``nn.Conv2d`` built by other code)."""
-        if not (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1)
-                and conv.groups == 1 and conv.stride == (1, 1)
-                and conv.padding == (0, 0) and conv.dilation == (1, 1)):
+        if type(conv) is not nn.Conv2d or not is_plain_pointwise(conv):
             raise ValueError(f'PointwiseConv.from_conv: conv must be a '
                              f'plain 1x1 nn.Conv2d, got {conv!r}')
         new = cls(conv.in_channels, conv.out_channels,
@@ -254,6 +252,34 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor,
     out = (torch.bmm(matrix, flat) if bias is None else torch.baddbmm(
         bias[:, None], matrix, flat))  # (B, C', HW)
     return out.view(b, -1, h, w)
+
+
+def is_plain_pointwise(conv: nn.Module) -> bool:
+    """Whether ``conv`` is an ``nn.Conv2d`` or :class:`PointwiseConv` that
+    computes a plain 1x1 convolution (stride 1, no padding, dilation 1, one
+    group); a subclass with a forward of its own (a weight-standardised
+    conv, say) is not."""
+    return (type(conv) in (nn.Conv2d, PointwiseConv)
+            and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.padding == (0, 0) and conv.dilation == (1, 1)
+            and conv.groups == 1)
+
+
+def pointwise_convs(x: torch.Tensor,
+                    convs: Sequence[nn.Conv2d]) -> torch.Tensor:
+    """The outputs of several plain 1x1 convs (:func:`is_plain_pointwise`)
+    of the same x, concatenated along channels, as one
+    :func:`pointwise_conv` with their weights concatenated: x is read once
+    and, in training, its gradient written once (separate convs write one
+    each, which autograd then sums)."""
+    weight = torch.cat([conv.weight for conv in convs])  # (sum C_i, C, 1, 1)
+    bias = None
+    if any(conv.bias is not None for conv in convs):
+        bias = torch.cat([
+            conv.weight.new_zeros(conv.out_channels)
+            if conv.bias is None else conv.bias for conv in convs
+        ])
+    return pointwise_conv(x, weight, bias)
 
 
 # --------------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """Non-local block, with the attention computed without the HW x HW matrix."""
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from mmcv.cnn import NonLocal2d
 from mmengine.model import constant_init, normal_init
 
-from mmattn.models.common import check_choice, check_positive_int
+from mmattn.models.common import (check_choice, check_positive_int,
+                                  is_plain_pointwise, pointwise_convs)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 from .self_attention import check_chunk_size, softmax_attention
@@ -18,6 +19,16 @@ def _conv_module(branch: nn.Module) -> nn.Module:
     """The ConvModule of a projection, which ``sub_sample`` wraps in
     ``nn.Sequential(conv_module, max_pool)``."""
     return branch[0] if isinstance(branch, nn.Sequential) else branch
+
+
+def _bare_conv(conv_module: nn.Module) -> Optional[nn.Conv2d]:
+    """The conv of a ConvModule that computes nothing but a plain 1x1 conv
+    (no norm, activation or spectral norm), else None."""
+    if (conv_module.with_norm or conv_module.with_activation
+            or conv_module.with_spectral_norm):
+        return None
+    conv = conv_module.conv
+    return conv if is_plain_pointwise(conv) else None
 
 
 @MODELS.register_module()
@@ -88,7 +99,10 @@ class NonLocal(NonLocal2d, AttentionModule):
             Default: None, i.e. ``dict(type='PointwiseConv')``:
             ``nn.Conv2d``'s parameters and state-dict keys, run as a matrix
             product on the CPU (:class:`~mmattn.models.common.PointwiseConv`;
-            ``dict(type='Conv2d')`` runs oneDNN's convolution).
+            ``dict(type='Conv2d')`` runs oneDNN's convolution). With
+            either, 'embedded_gaussian' runs :math:`\\theta, \\phi, g` as
+            one 1x1 conv of their concatenated weights; another conv type
+            runs each ConvModule.
         norm_cfg (dict, optional): Norm after :math:`W_z`. Default: None.
         std (float): Std of the Gaussian projection init. Default: 0.01.
         zeros_init (bool): Zero-initialise :math:`W_z` (or its norm), so
@@ -155,25 +169,35 @@ class NonLocal(NonLocal2d, AttentionModule):
         if self.mode not in self._SOFTMAX_MODES:
             return super().forward(x)  # mmcv's (HW x HW) path
         b, _, h, w = x.shape
-        g, phi = self.g, getattr(self, 'phi', None)
-        if self.sub_sample and min(h, w) < 2:
-            # No 2x2 window fits: use the projections without their pool.
-            g = g[0]
-            phi = phi[0] if isinstance(phi, nn.Sequential) else None
         if self.mode == 'gaussian':
             # theta, phi are the identity (phi is the bare pool, if any).
-            query = x
-            key = x if phi is None else phi(x)
+            query, key, value = x, x, _conv_module(self.g)(x)
             scale = 1.0
         else:
-            query, key = self.theta(x), phi(x)
+            query, key, value = self._project(x)
             scale = self.inter_channels**-0.5 if self.use_scale else 1.0
+        # mmcv's 2x2 max-pool behind phi and g, where a 2x2 window fits
+        if self.sub_sample and min(h, w) >= 2:
+            key, value = self.g[1](key), self.g[1](value)
         q = query.flatten(2).transpose(1, 2)  # (B, HW, Cq)
         k = key.flatten(2).transpose(1, 2)  # (B, H'W', Cq)
-        v = g(x).flatten(2).transpose(1, 2)  # (B, H'W', C')
+        v = value.flatten(2).transpose(1, 2)  # (B, H'W', C')
         y = softmax_attention(q, k, v, scale, self.chunk_size)  # (B, HW, C')
         y = y.transpose(1, 2).reshape(b, self.inter_channels, h, w)
         return x + self.conv_out(y)
+
+    def _project(self, x: torch.Tensor
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:math:`\\theta(x), \\phi(x), g(x)`, each (B, C', H, W), before
+        any pool: as one 1x1 conv C -> 3C'
+        (:func:`~mmattn.models.common.pointwise_convs`: x read once, its
+        gradient written once) when the three ConvModules are bare 1x1
+        convs (the default), else each ConvModule on its own."""
+        modules = [_conv_module(m) for m in (self.theta, self.phi, self.g)]
+        convs = [_bare_conv(m) for m in modules]
+        if all(conv is not None for conv in convs):
+            return pointwise_convs(x, convs).chunk(3, dim=1)
+        return tuple(m(x) for m in modules)
 
     def extra_repr(self) -> str:
         return (f'mode={self.mode!r}, sub_sample={self.sub_sample}, '

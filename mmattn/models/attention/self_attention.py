@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from mmattn.models.common import (accumulate_dtype, check_positive_int,
-                                  fp32_region, pointwise_conv,
+                                  fp32_region, pointwise_convs,
                                   reduced_channels)
 
 
@@ -173,11 +173,9 @@ class QKVSelfAttention(GatedResidual):
     def project(self, x: torch.Tensor
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(B, C, H, W) -> q, k: (B, C', H, W), v: (B, C, H, W)``: the
-        three convs as one 1x1 conv C -> 2C' + C (their weights
-        concatenated, :func:`~mmattn.models.common.pointwise_conv`), so x
-        is read once and, in training, its gradient written once (three
-        convs would write three and sum them)."""
+        three convs as one 1x1 conv C -> 2C' + C
+        (:func:`~mmattn.models.common.pointwise_convs`: x read once, its
+        gradient written once)."""
         convs = (self.query_conv, self.key_conv, self.value_conv)
-        qkv = pointwise_conv(x, torch.cat([c.weight for c in convs]),
-                             torch.cat([c.bias for c in convs]))
+        qkv = pointwise_convs(x, convs)  # (B, 2C' + C, H, W)
         return qkv.split([c.out_channels for c in convs], dim=1)

@@ -37,6 +37,62 @@ def non_local_ref(module, x):
     return x + conv1x1_ref(y, module.conv_out)
 
 
+def projection_calls(module):
+    """Records which of theta, phi, g ran their ConvModule."""
+    calls = []
+    for name in ('theta', 'phi', 'g'):
+        branch = getattr(module, name)
+        conv_module = (branch[0] if isinstance(branch, torch.nn.Sequential)
+                       else branch)
+        conv_module.register_forward_hook(
+            lambda *_, name=name: calls.append(name))
+    return calls
+
+
+@pytest.mark.parametrize('sub_sample', [False, True], ids=['full', 'pool'])
+@pytest.mark.parametrize('conv', ['PointwiseConv', 'Conv2d'])
+def test_projections_fused_in_one_product(sub_sample, conv, monkeypatch):
+    """theta, phi and g (bare 1x1 ConvModules) run as one 1x1 conv C -> 3C'
+    (no ConvModule runs), with mmcv NonLocal2d's output and gradients (x's
+    and every parameter's), run as a conv and as a matrix product."""
+    x = torch.randn(2, 16, 6, 7, dtype=torch.float64) * 0.5
+    upstream = torch.randn(x.shape, dtype=x.dtype)
+    theirs = randomize_(NonLocal2d(16, sub_sample=sub_sample)).double()
+    for threshold in (PointwiseConv.MIN_GEMM_POSITIONS, 1):
+        monkeypatch.setattr(PointwiseConv, 'MIN_GEMM_POSITIONS', threshold)
+        ours = NonLocal(16, sub_sample=sub_sample,
+                        conv_cfg=dict(type=conv)).double()
+        ours.load_state_dict(theirs.state_dict())
+        calls = projection_calls(ours)
+        results = []
+        for module in (ours, theirs):
+            module.zero_grad()
+            xg = x.clone().requires_grad_()
+            out = module(xg)
+            out.backward(upstream)
+            results.append([out.detach(), xg.grad,
+                            *(p.grad for p in module.parameters())])
+        assert calls == []
+        # floor 1: phi's bias gets an exactly zero gradient (the softmax
+        # ignores a per-query constant), both sides rounding noise
+        for actual, expected in zip(*results):
+            assert_rel_close(actual, expected, 1e-10, floor=1.0)
+
+
+def test_other_convs_run_their_conv_modules():
+    """A conv_cfg whose conv is not a bare 1x1 conv (mmcv's weight-
+    standardised ConvWS) runs each ConvModule: mmcv NonLocal2d's output."""
+    kwargs = dict(conv_cfg=dict(type='ConvWS'))
+    theirs = randomize_(NonLocal2d(16, **kwargs)).double()
+    ours = NonLocal(16, **kwargs).double()
+    ours.load_state_dict(theirs.state_dict())
+    calls = projection_calls(ours)
+    x = torch.randn(2, 16, 6, 7, dtype=torch.float64)
+    with torch.no_grad():
+        assert_rel_close(ours(x), theirs(x), 1e-10)
+    assert calls == ['theta', 'phi', 'g']
+
+
 @pytest.mark.parametrize('mode', MODES)
 @pytest.mark.parametrize('sub_sample', [False, True], ids=['full', 'pool'])
 @pytest.mark.parametrize('use_scale', [True, False], ids=['scale', 'noscale'])
