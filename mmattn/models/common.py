@@ -282,6 +282,16 @@ def pointwise_convs(x: torch.Tensor,
     return pointwise_conv(x, weight, bias)
 
 
+def few_channel_conv_layout(x: torch.Tensor) -> torch.Tensor:
+    """x laid out for a convolution over few channels: channels-last on the
+    CPU, where oneDNN runs such convs 2-3.5x faster forward + backward than
+    in NCHW (BAM's dilated 3x3 convs on C/r channels, the Z-pool gates' 7x7
+    conv 2 -> 1), contiguous elsewhere; one copy unless x is already so."""
+    memory_format = (torch.channels_last if x.device.type == 'cpu' else
+                     torch.contiguous_format)
+    return x.contiguous(memory_format=memory_format)
+
+
 # --------------------------------------------------------------------------
 # pooling with fp32 statistics
 # --------------------------------------------------------------------------

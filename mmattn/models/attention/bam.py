@@ -8,7 +8,8 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from mmattn.models.common import (ActLayer, GradientHandoff, PointwiseConv,
                                   capturing_graph, channel_blocks,
                                   check_choice, check_positive_int,
-                                  create_act, nchw_or_channels_last,
+                                  create_act, few_channel_conv_layout,
+                                  nchw_or_channels_last,
                                   needs_grad, pointwise_conv,
                                   reduced_channels, spatial_mean)
 from mmattn.registry import MODELS
@@ -188,11 +189,9 @@ class BAM(AttentionModule):
 
     def spatial_tail(self, hidden: torch.Tensor) -> torch.Tensor:
         """The spatial branch after its 1x1 reduction, (B, C/r, H, W) ->
-        :math:`M_s` (B, 1, H, W). On the CPU it runs channels-last:
-        oneDNN's dilated 3x3 convs on C/r channels are about 3x faster
-        (forward) in that layout than in NCHW."""
-        if hidden.device.type == 'cpu':
-            hidden = hidden.contiguous(memory_format=torch.channels_last)
+        :math:`M_s` (B, 1, H, W), channels-last on the CPU
+        (:func:`~mmattn.models.common.few_channel_conv_layout`)."""
+        hidden = few_channel_conv_layout(hidden)
         for layer in self.spatial[1:]:
             hidden = layer(hidden)
         return hidden

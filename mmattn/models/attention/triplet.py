@@ -99,10 +99,10 @@ class TripletAttention(AttentionModule):
         pooled = [p.to(x.dtype) for p in max_mean_pools(x, dims, handoff)]
         # C-W branch: (B, 2, C, W) -> map (B, 1, C, W) -> (B, C, 1, W)
         map_cw = self.cw.gate_pooled(
-            pooled[0].transpose(1, 2).contiguous()).transpose(1, 2)
+            pooled[0].transpose(1, 2)).transpose(1, 2)
         # H-C branch: (B, 2, H, C) -> map (B, 1, H, C) -> (B, C, H, 1)
         map_hc = self.hc.gate_pooled(
-            pooled[1].permute(0, 3, 2, 1).contiguous()).permute(0, 3, 2, 1)
+            pooled[1].permute(0, 3, 2, 1)).permute(0, 3, 2, 1)
         maps = [map_cw, map_hc]
         if self.hw is not None:
             maps.append(self.hw.gate_pooled(pooled[2]))  # (B, 1, H, W)

@@ -53,6 +53,19 @@ def test_training_pass_matches_reference(no_spatial, layout, channel_blocks):
         module, lambda m, t: triplet_ref(m, t, training=True), x)
 
 
+def test_gate_convs_run_channels_last_on_the_cpu():
+    """Each branch's 7x7 conv 2 -> 1 gets a channels-last input on the CPU
+    (oneDNN's fast layout for it), whatever view the branch pools."""
+    module = TripletAttention(8)
+    layouts = []
+    for branch in (module.cw, module.hc, module.hw):
+        branch.conv.register_forward_pre_hook(
+            lambda _, args: layouts.append(args[0].is_contiguous(
+                memory_format=torch.channels_last)))
+    module(torch.randn(2, 8, 5, 6, requires_grad=True)).sum().backward()
+    assert layouts == [True, True, True]
+
+
 def test_branch_orientation_matters():
     # An asymmetric kernel in the H-C branch: the conv runs over (H, C), in
     # that order, so the transposed kernel gives a different result.
