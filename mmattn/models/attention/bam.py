@@ -5,13 +5,13 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from mmattn.models.common import (ActLayer, GradientHandoff, PointwiseConv,
-                                  capturing_graph, channel_blocks,
-                                  check_choice, check_positive_int,
-                                  create_act, few_channel_conv_layout,
-                                  nchw_or_channels_last,
-                                  needs_grad, pointwise_conv,
+from mmattn.models.common import (ActLayer, GradientHandoff, capturing_graph,
+                                  channel_blocks, check_choice,
+                                  check_positive_int, create_act,
+                                  nchw_or_channels_last, needs_grad,
                                   reduced_channels, spatial_mean)
+from mmattn.models.convs import (PointwiseConv, few_channel_conv_layout,
+                                 pointwise_conv)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 
@@ -190,7 +190,7 @@ class BAM(AttentionModule):
     def spatial_tail(self, hidden: torch.Tensor) -> torch.Tensor:
         """The spatial branch after its 1x1 reduction, (B, C/r, H, W) ->
         :math:`M_s` (B, 1, H, W), channels-last on the CPU
-        (:func:`~mmattn.models.common.few_channel_conv_layout`)."""
+        (:func:`~mmattn.models.convs.few_channel_conv_layout`)."""
         hidden = few_channel_conv_layout(hidden)
         for layer in self.spatial[1:]:
             hidden = layer(hidden)

@@ -39,10 +39,10 @@ import torch
 from mmcv.cnn.bricks.context_block import ContextBlock
 from torch.autograd.function import once_differentiable
 
-from mmattn.models.common import (GradientHandoff, NormInput, PointwiseConv,
-                                  accumulate_dtype, check_choice,
-                                  check_positive_int, multiply_add,
-                                  needs_grad, per_channel_sums)
+from mmattn.models.common import (GradientHandoff, NormInput, accumulate_dtype,
+                                  check_choice, check_positive_int,
+                                  multiply_add, needs_grad, per_channel_sums)
+from mmattn.models.convs import PointwiseConv
 from mmattn.registry import MODELS
 from .base import AttentionModule
 
@@ -239,7 +239,7 @@ class GlobalContext(ContextBlock, AttentionModule):
     HW) softmax instead of autograd's intermediates, and write the input
     gradient once (a rank-2 update of the upstream gradient) instead of
     three full-size gradients and their sums. The transforms' 1x1 convs
-    are :class:`~mmattn.models.common.PointwiseConv` (matrix products on
+    are :class:`~mmattn.models.convs.PointwiseConv` (matrix products on
     the (B, C, 1, 1) context). Inference computes the
     attention pooling with the same two batched products
     (:func:`attention_pool`) instead of mmcv's 1x1 convolution, then mmcv's

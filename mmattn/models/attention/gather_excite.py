@@ -5,9 +5,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmattn.models.common import (ActLayer, PointwiseConv,
-                                  check_positive_int, create_act,
+from mmattn.models.common import (ActLayer, check_positive_int, create_act,
                                   reduced_channels, spatial_mean)
+from mmattn.models.convs import PointwiseConv
 from mmattn.registry import MODELS
 from .base import AttentionModule
 

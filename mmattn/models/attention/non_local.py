@@ -6,8 +6,8 @@ import torch.nn as nn
 from mmcv.cnn import NonLocal2d
 from mmengine.model import constant_init, normal_init
 
-from mmattn.models.common import (check_choice, check_positive_int,
-                                  is_plain_pointwise, pointwise_convs)
+from mmattn.models.common import check_choice, check_positive_int
+from mmattn.models.convs import is_plain_pointwise, pointwise_convs
 from mmattn.registry import MODELS
 from .base import AttentionModule
 from .self_attention import check_chunk_size, softmax_attention
@@ -98,7 +98,7 @@ class NonLocal(NonLocal2d, AttentionModule):
         conv_cfg (dict, optional): Conv config of the projections.
             Default: None, i.e. ``dict(type='PointwiseConv')``:
             ``nn.Conv2d``'s parameters and state-dict keys, run as a matrix
-            product on the CPU (:class:`~mmattn.models.common.PointwiseConv`;
+            product on the CPU (:class:`~mmattn.models.convs.PointwiseConv`;
             ``dict(type='Conv2d')`` runs oneDNN's convolution). With
             either, 'embedded_gaussian' runs :math:`\\theta, \\phi, g` as
             one 1x1 conv of their concatenated weights; another conv type
@@ -190,7 +190,7 @@ class NonLocal(NonLocal2d, AttentionModule):
                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:math:`\\theta(x), \\phi(x), g(x)`, each (B, C', H, W), before
         any pool: as one 1x1 conv C -> 3C'
-        (:func:`~mmattn.models.common.pointwise_convs`: x read once, its
+        (:func:`~mmattn.models.convs.pointwise_convs`: x read once, its
         gradient written once) when the three ConvModules are bare 1x1
         convs (the default), else each ConvModule on its own."""
         modules = [_conv_module(m) for m in (self.theta, self.phi, self.g)]

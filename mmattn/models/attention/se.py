@@ -3,8 +3,9 @@ from typing import Optional
 
 import torch
 
-from mmattn.models.common import (ActLayer, PointwiseConv, create_act,
-                                  reduced_channels, spatial_mean)
+from mmattn.models.common import (ActLayer, create_act, reduced_channels,
+                                  spatial_mean)
+from mmattn.models.convs import PointwiseConv
 from mmattn.registry import MODELS
 from .base import ChannelGate
 

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from mmattn.models.common import (accumulate_dtype, check_positive_int,
-                                  fp32_region, pointwise_convs,
-                                  reduced_channels)
+                                  fp32_region, reduced_channels)
+from mmattn.models.convs import pointwise_convs
 
 
 def check_chunk_size(chunk_size: Optional[int]) -> Optional[int]:
@@ -174,7 +174,7 @@ class QKVSelfAttention(GatedResidual):
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(B, C, H, W) -> q, k: (B, C', H, W), v: (B, C, H, W)``: the
         three convs as one 1x1 conv C -> 2C' + C
-        (:func:`~mmattn.models.common.pointwise_convs`: x read once, its
+        (:func:`~mmattn.models.convs.pointwise_convs`: x read once, its
         gradient written once)."""
         convs = (self.query_conv, self.key_conv, self.value_conv)
         qkv = pointwise_convs(x, convs)  # (B, 2C' + C, H, W)

@@ -5,11 +5,11 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
-from mmattn.models.common import (ActLayer, GradientHandoff,
-                                  accumulate_dtype, capturing_graph,
-                                  check_odd_kernel, create_act,
-                                  few_channel_conv_layout, max_mean_pool,
-                                  needs_grad, row_blocks)
+from mmattn.models.common import (ActLayer, GradientHandoff, accumulate_dtype,
+                                  capturing_graph, check_odd_kernel,
+                                  create_act, max_mean_pool, needs_grad,
+                                  row_blocks)
+from mmattn.models.convs import few_channel_conv_layout
 
 
 def zpool(x: torch.Tensor) -> torch.Tensor:
@@ -182,6 +182,6 @@ class ZPoolGate(nn.Module):
         """The map from a Z-pool computed by the caller, (B, 2, P, Q) ->
         (B, 1, P, Q) (Triplet attention pools its three views at once); the
         conv runs channels-last on the CPU
-        (:func:`~mmattn.models.common.few_channel_conv_layout`: 3.5x faster
+        (:func:`~mmattn.models.convs.few_channel_conv_layout`: 3.5x faster
         forward + backward at 2x2x256x334)."""
         return self.gate(self.bn(self.conv(few_channel_conv_layout(pooled))))

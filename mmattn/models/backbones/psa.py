@@ -5,9 +5,9 @@ from typing import ClassVar, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from mmattn.models.common import (PointwiseConv, check_divisible,
-                                  check_odd_kernel, reduced_channels,
-                                  spatial_mean)
+from mmattn.models.common import (check_divisible, check_odd_kernel,
+                                  reduced_channels, spatial_mean)
+from mmattn.models.convs import PointwiseConv
 from mmattn.registry import MODELS
 from .sk import IntPair, _single
 

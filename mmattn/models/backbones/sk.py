@@ -5,9 +5,9 @@ import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule, build_norm_layer
 
-from mmattn.models.common import (PointwiseConv, check_divisible,
-                                  check_positive_int, reduced_channels,
-                                  spatial_mean)
+from mmattn.models.common import (check_divisible, check_positive_int,
+                                  reduced_channels, spatial_mean)
+from mmattn.models.convs import PointwiseConv
 from mmattn.registry import MODELS
 
 IntPair = Union[int, Sequence[int]]

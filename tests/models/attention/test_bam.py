@@ -8,7 +8,8 @@ from helpers import (assert_rel_close, assert_training_pass_matches,
 
 from mmattn.models.attention import BAM
 from mmattn.models.attention.bam import BAMGateFunction, _PoolAndReduce
-from mmattn.models.common import GradientHandoff, PointwiseConv
+from mmattn.models.common import GradientHandoff
+from mmattn.models.convs import PointwiseConv
 
 
 def channel_norm_ref(v, norm, training):

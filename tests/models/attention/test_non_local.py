@@ -10,7 +10,7 @@ from self_attention_checks import LargestTensor, plugin_io_in_resnet50
 
 from mmattn.models.attention import NonLocal
 from mmattn.models.attention.non_local import MODES
-from mmattn.models.common import PointwiseConv
+from mmattn.models.convs import PointwiseConv
 
 
 def conv1x1_ref(x, branch):

@@ -1,0 +1,91 @@
+"""The convolutions of mmattn.models.convs: each path computes the conv it
+replaces and is taken where documented (asserted by its autograd node)."""
+import pytest
+import torch
+import torch.nn as nn
+
+from mmattn.models import convs
+
+
+def _ran(out: torch.Tensor) -> str:
+    """The op that computed a PointwiseConv's output: its grad_fn, or the
+    one under the view / indexing that reshapes a matrix product."""
+    fn = out.grad_fn
+    if fn.name() in ('ViewBackward0', 'UnsqueezeBackward0'):
+        fn = fn.next_functions[0][0]
+        while fn.name() == 'UnsqueezeBackward0':
+            fn = fn.next_functions[0][0]
+    return fn.name()
+
+
+@pytest.mark.parametrize('bias', [True, False])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_pointwise_conv_is_the_1x1_conv(bias, channels_last, monkeypatch):
+    """Each path (linear on a descriptor, the batched product on an NCHW
+    map, the convolution otherwise) computes the conv, and is taken where
+    documented."""
+    monkeypatch.setattr(convs.PointwiseConv, 'MIN_GEMM_POSITIONS', 12)
+    conv = nn.Conv2d(6, 5, 1, bias=bias).double()
+    fc = convs.PointwiseConv.from_conv(conv)
+    assert fc.weight is conv.weight and fc.bias is conv.bias
+    assert fc.state_dict().keys() == conv.state_dict().keys()
+    gemm = 'BaddbmmBackward0' if bias else 'BmmBackward0'
+    for size, path in [((1, 1), 'AddmmBackward0' if bias else 'MmBackward0'),
+                       ((3, 4), gemm),  # 12 positions: the product
+                       ((2, 3), 'ConvolutionBackward0')]:  # too small
+        x = torch.randn(2, 6, *size, dtype=torch.float64,
+                        requires_grad=True)
+        if channels_last and size != (1, 1):
+            x = x.to(memory_format=torch.channels_last)
+            path = 'ConvolutionBackward0'
+        out = fc(x)
+        assert out.shape == (2, 5, *size)
+        assert _ran(out) == path
+        torch.testing.assert_close(out, conv(x), rtol=1e-12, atol=1e-12)
+        assert torch.autograd.gradcheck(fc, (x, ))
+
+
+def test_pointwise_conv_exports_the_conv(monkeypatch):
+    """While exporting, a map that would run as the product runs the
+    convolution (one ONNX op, for any input size)."""
+    monkeypatch.setattr(convs.PointwiseConv, 'MIN_GEMM_POSITIONS', 1)
+    conv = convs.PointwiseConv(6, 5)
+    x = torch.randn(2, 6, 3, 4, requires_grad=True)
+    assert _ran(conv(x)) == 'BaddbmmBackward0'
+    monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: True)
+    assert _ran(conv(x)) == 'ConvolutionBackward0'
+
+
+def test_pointwise_conv_under_autocast():
+    """The batched product follows autocast as the convolution does."""
+    conv = convs.PointwiseConv(8, 4)
+    x = torch.randn(1, 8, 64, 64)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out, ref = conv(x), nn.Conv2d.forward(conv, x)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2,
+                               atol=2e-2)
+
+
+def test_pointwise_conv_builds_from_conv_cfg():
+    """mmcv's ConvModule builds it by name, e.g. in Non-local's conv_cfg."""
+    from mmcv.cnn import ConvModule
+    module = ConvModule(8, 4, 1, conv_cfg=dict(type='PointwiseConv'))
+    assert type(module.conv) is convs.PointwiseConv
+    assert module(torch.randn(1, 8, 5, 5)).shape == (1, 4, 5, 5)
+
+
+@pytest.mark.parametrize('field, value', [
+    ('kernel_size', 3), ('stride', 2), ('padding', 1), ('dilation', 2),
+    ('groups', 2)])
+def test_pointwise_conv_refuses_other_arguments(field, value):
+    with pytest.raises(ValueError, match=f'{field} must be'):
+        convs.PointwiseConv(4, 4, **{field: value})
+
+
+@pytest.mark.parametrize('conv', [
+    nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 1, groups=2),
+    nn.Conv2d(4, 4, 1, stride=2), nn.Conv2d(4, 4, 1, padding=1)])
+def test_pointwise_conv_refuses_other_convs(conv):
+    with pytest.raises(ValueError, match='conv must be a plain 1x1'):
+        convs.PointwiseConv.from_conv(conv)
