@@ -89,3 +89,43 @@ def test_pointwise_conv_refuses_other_arguments(field, value):
 def test_pointwise_conv_refuses_other_convs(conv):
     with pytest.raises(ValueError, match='conv must be a plain 1x1'):
         convs.PointwiseConv.from_conv(conv)
+
+
+def test_pointwise_convs_is_the_convs_concatenated():
+    """One product of the concatenated weights (a missing bias counts as
+    zeros): each conv's output, in order, and the same input gradient."""
+    layers = [nn.Conv2d(6, 3, 1), nn.Conv2d(6, 2, 1, bias=False),
+              convs.PointwiseConv(6, 4)]
+    layers = [layer.double() for layer in layers]
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64, requires_grad=True)
+    out = convs.pointwise_convs(x, layers)
+    expected = torch.cat([layer(x) for layer in layers], dim=1)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda t: convs.pointwise_convs(t, layers), (x, ))
+
+
+@pytest.mark.parametrize('conv, plain', [
+    (nn.Conv2d(4, 2, 1), True), (convs.PointwiseConv(4, 2), True),
+    (nn.Conv2d(4, 2, 3), False), (nn.Conv2d(4, 2, 1, stride=2), False),
+    (nn.Conv2d(4, 2, 1, padding=1), False),
+    (nn.Conv2d(4, 2, 1, dilation=2), False),
+    (nn.Conv2d(4, 2, 1, groups=2), False)])
+def test_is_plain_pointwise(conv, plain):
+    assert convs.is_plain_pointwise(conv) is plain
+
+
+def test_is_plain_pointwise_refuses_conv_subclasses():
+    """A subclass may change the computation (mmcv's weight-standardised
+    conv): only nn.Conv2d and PointwiseConv count."""
+    from mmcv.cnn.bricks.conv_ws import ConvWS2d
+    assert not convs.is_plain_pointwise(ConvWS2d(4, 2, 1))
+
+
+def test_few_channel_conv_layout():
+    x = torch.randn(2, 3, 4, 5)
+    assert x.is_contiguous()
+    assert convs.few_channel_conv_layout(x).is_contiguous(
+        memory_format=torch.channels_last)
+    assert convs.few_channel_conv_layout(x.transpose(2, 3)).is_contiguous(
+        memory_format=torch.channels_last)
