@@ -391,11 +391,62 @@ class _MaxMeanPool(torch.autograd.Function):
         return grad_x, None, None
 
 
+def _two_step_max_pays(x: torch.Tensor, dim: int) -> bool:
+    """Whether :func:`max_with_index` takes two steps: on the CPU, where
+    ``torch.max`` with indices is 2-4x slower than ``amax`` over a long
+    innermost run (CBAM's channel pool over the flattened H x W: 40 -> 12
+    ms at 2x256x200x334) and over the rows of an NCHW map (Triplet's pool
+    over H: 101 -> 61 ms); over channels or a short innermost dim the two
+    steps cost as much or more (measured on this project's 2-core CPU)."""
+    if x.device.type != 'cpu' or capturing_graph():
+        return False
+    if x.stride(dim) == 1:
+        return x.shape[dim] >= 4096
+    return (dim == x.dim() - 2 and x.stride(-1) == 1
+            and x.stride(dim) == x.shape[-1] and x.shape[dim] >= 64)
+
+
+def max_with_index(x: torch.Tensor,
+                   dim: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``x.max(dim, keepdim=True)``: the maxima and the index of the first
+    maximum, where it pays (:func:`_two_step_max_pays`) in two steps.
+
+    The dim is split into n1 groups of n2 = floor(sqrt(n)) (a view, the
+    last n - n1 n2 elements aside): ``amax`` over each group, the fast
+    kernel, reads x once; the first group holding the overall maximum is
+    found among the n1 group maxima, and the first maximum within it among
+    its n2 elements; the rest is compared on its own, the earlier index
+    winning a tie. Values and indices equal ``torch.max``'s, ties and NaN
+    included."""
+    if not _two_step_max_pays(x, dim):
+        return x.max(dim=dim, keepdim=True)
+    n = x.shape[dim]
+    n2 = math.isqrt(n)
+    n1 = n // n2
+    shape = list(x.shape)
+    shape[dim:dim + 1] = [n1, n2]
+    groups = x.narrow(dim, 0, n1 * n2).view(shape)  # (..., n1, n2, ...)
+    group_max = groups.amax(dim + 1, keepdim=True)  # (..., n1, 1, ...)
+    values, group = group_max.max(dim, keepdim=True)  # (..., 1, 1, ...)
+    shape[dim] = 1
+    members = groups.gather(dim, group.expand(shape))  # (..., 1, n2, ...)
+    values, member = members.max(dim + 1, keepdim=True)
+    values = values.squeeze(dim + 1)
+    indices = (group * n2 + member).squeeze(dim + 1)
+    if n1 * n2 < n:
+        rest, index = x.narrow(dim, n1 * n2, n - n1 * n2).max(
+            dim=dim, keepdim=True)
+        later = (rest > values) | (rest.isnan() & ~values.isnan())
+        values = torch.where(later, rest, values)
+        indices = torch.where(later, index + n1 * n2, indices)
+    return values, indices
+
+
 def _max_mean(x: torch.Tensor, dim: int, argmax: bool = True):
     """``cat[max, mean]`` over ``dim`` (keepdim) in at least fp32, and the
     argmax (None without ``argmax``: ``amax`` is the faster kernel)."""
     if argmax:
-        values, indices = x.max(dim=dim, keepdim=True)
+        values, indices = max_with_index(x, dim)
     else:
         values, indices = x.amax(dim=dim, keepdim=True), None
     mean = x.mean(dim=dim, keepdim=True, dtype=accumulate_dtype(x))

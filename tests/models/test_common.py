@@ -19,6 +19,33 @@ def _views(x):
             (x.permute(0, 3, 2, 1), 1)]
 
 
+@pytest.mark.parametrize('shape, dim, two_steps', [
+    ((2, 3, 4100), 2, True),  # a long innermost run (CBAM's H x W)
+    ((2, 3, 4096), 2, True),  # n = n1 n2 exactly: no rest
+    ((2, 3, 70, 5), 2, True),  # the rows of an NCHW map (Triplet's H)
+    ((2, 3, 64, 5), 2, True),
+    ((2, 70, 4, 5), 1, False),  # channels: torch.max
+    ((2, 3, 4, 70), 3, False),  # a short innermost dim: torch.max
+])
+@pytest.mark.parametrize('values', ['distinct', 'ties', 'nan'])
+def test_max_with_index_is_torch_max(shape, dim, two_steps, values):
+    """Values and first-maximum indices equal torch.max's, with ties (the
+    first one wins, also across the groups and the rest) and NaN."""
+    from mmattn.models.common import _two_step_max_pays, max_with_index
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen)
+    if values == 'ties':  # a few values only: every maximum is tied
+        x = x.mul(1.5).round().clamp(-2, 2)
+    elif values == 'nan':
+        x.view(-1)[::97] = float('nan')
+    assert _two_step_max_pays(x, dim) is two_steps
+    expected = x.max(dim=dim, keepdim=True)
+    actual = max_with_index(x, dim)
+    assert torch.equal(actual[1], expected[1])
+    torch.testing.assert_close(actual[0], expected[0], rtol=0, atol=0,
+                               equal_nan=True)
+
+
 def test_max_mean_pool_values_and_gradcheck():
     x = torch.randn(2, 5, 4, 3, dtype=torch.float64, requires_grad=True)
     for view, dim in _views(x):
