@@ -560,21 +560,23 @@ def channel_block_size(x: torch.Tensor) -> int:
     return max(1, CPU_BLOCK_NUMEL * channels // max(x.numel(), 1))
 
 
-def channel_blocks(*tensors: torch.Tensor) -> Iterator[Tuple[torch.Tensor,
-                                                             ...]]:
+def channel_blocks(*tensors: Optional[torch.Tensor]
+                   ) -> Iterator[Tuple[Optional[torch.Tensor], ...]]:
     """The tensors split alike in dim 1 into blocks of
     :func:`channel_block_size` channels of the first: for the hand-written
     passes that keep a block's temporaries in cache. A tensor with the
     first one's channels (full-size maps, (B, C, 1, 1) statistics, outputs
     to fill) is cut; one with a single channel (a (B, 1, H, W) map) comes
-    whole with every block."""
+    whole with every block; None (an absent optional input, such as a
+    residual) comes as None with every block."""
     size = channel_block_size(tensors[0])
     channels = tensors[0].shape[1]
-    if any(t.shape[1] not in (channels, 1) for t in tensors):
+    present = [t for t in tensors if t is not None]
+    if any(t.shape[1] not in (channels, 1) for t in present):
         raise ValueError(f'channel_blocks: dim 1 must be {channels} or 1, '
-                         f'got {[tuple(t.shape) for t in tensors]}')
-    return zip(*(t.split(size, 1) if t.shape[1] == channels else
-                 itertools.repeat(t) for t in tensors))
+                         f'got {[tuple(t.shape) for t in present]}')
+    return zip(*(itertools.repeat(t) if t is None or t.shape[1] != channels
+                 else t.split(size, 1) for t in tensors))
 
 
 def row_blocks(x: torch.Tensor) -> Iterator[slice]:
@@ -791,11 +793,9 @@ def _scale_by_maps_in_blocks(x: torch.Tensor, maps: Sequence[torch.Tensor],
     gate only ever in cache, each element computed by the same operations
     as the plain product."""
     out = torch.empty_like(x)
-    blocks = channel_blocks(x, out, x if residual is None else residual,
-                            *maps)
-    for x_b, out_b, r_b, *maps_b in blocks:
+    for x_b, out_b, r_b, *maps_b in channel_blocks(x, out, residual, *maps):
         multiply_add(x_b, _maps_gate(maps_b, divisor, product, x.dtype),
-                     None if residual is None else r_b, out=out_b)
+                     r_b, out=out_b)
     return out
 
 

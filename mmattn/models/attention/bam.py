@@ -281,15 +281,13 @@ def bam_gate(x: torch.Tensor, mc: torch.Tensor, ms: torch.Tensor,
     block of channels at a time on the CPU
     (:func:`~mmattn.models.common.channel_blocks`), so that the full-size
     attention map is never written (plain ops under graph capture)."""
-    if capturing_graph():
-        att = mc * ms if product else mc + ms  # (B, C, H, W)
-        return amplify(x, att.sigmoid().to(x.dtype), residual)
+    if capturing_graph():  # (B, C, H, W) map
+        return amplify(x, _attention(mc, ms, product).to(x.dtype), residual)
     out = torch.empty_like(x)
-    blocks = channel_blocks(x, mc, ms, out,
-                            x if residual is None else residual)
-    for x_b, mc_b, ms_b, out_b, res_b in blocks:
-        amplify(x_b, _attention(mc_b, ms_b, product).to(x.dtype),
-                None if residual is None else res_b, out=out_b)
+    for x_b, mc_b, ms_b, out_b, res_b in channel_blocks(x, mc, ms, out,
+                                                        residual):
+        amplify(x_b, _attention(mc_b, ms_b, product).to(x.dtype), res_b,
+                out=out_b)
     return out
 
 

@@ -36,9 +36,9 @@ def nam_channel_gate_(y: torch.Tensor, x: torch.Tensor,
         return multiply_add(x, torch.sigmoid(y * importance).to(x.dtype),
                             residual)
     for y_b, x_b, importance_b, res_b in channel_blocks(
-            y, x, importance, x if residual is None else residual):
+            y, x, importance, residual):
         y_b.mul_(importance_b).sigmoid_().mul_(x_b)
-        if residual is not None:
+        if res_b is not None:
             y_b.add_(res_b)
     return y
 

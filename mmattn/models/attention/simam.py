@@ -95,12 +95,10 @@ def simam_forward(x: torch.Tensor, mean: torch.Tensor, inv: torch.Tensor,
         gate = (x - mean).square().mul(inv).add(0.5).sigmoid()
         return multiply_add(x, gate.to(x.dtype), residual)
     out = torch.empty_like(x)
-    blocks = channel_blocks(x, mean, inv, out,
-                            x if residual is None else residual)
-    for x_b, mean_b, inv_b, out_b, res_b in blocks:
+    for x_b, mean_b, inv_b, out_b, res_b in channel_blocks(x, mean, inv, out,
+                                                           residual):
         gate = (x_b - mean_b).square_().mul_(inv_b).add_(0.5).sigmoid_()
-        multiply_add(x_b, gate.to(x.dtype),
-                     None if residual is None else res_b, out=out_b)
+        multiply_add(x_b, gate.to(x.dtype), res_b, out=out_b)
     return out
 
 
