@@ -427,7 +427,7 @@ def max_with_index(x: torch.Tensor,
     shape[dim:dim + 1] = [n1, n2]
     groups = x.narrow(dim, 0, n1 * n2).view(shape)  # (..., n1, n2, ...)
     group_max = groups.amax(dim + 1, keepdim=True)  # (..., n1, 1, ...)
-    values, group = group_max.max(dim, keepdim=True)  # (..., 1, 1, ...)
+    group = group_max.argmax(dim, keepdim=True)  # (..., 1, 1, ...)
     shape[dim] = 1
     members = groups.gather(dim, group.expand(shape))  # (..., 1, n2, ...)
     values, member = members.max(dim + 1, keepdim=True)
