@@ -394,16 +394,22 @@ class _MaxMeanPool(torch.autograd.Function):
 def _two_step_max_pays(x: torch.Tensor, dim: int) -> bool:
     """Whether :func:`max_with_index` takes two steps: on the CPU, where
     ``torch.max`` with indices is 2-4x slower than ``amax`` over a long
-    innermost run (CBAM's channel pool over the flattened H x W: 40 -> 12
-    ms at 2x256x200x334) and over the rows of an NCHW map (Triplet's pool
-    over H: 101 -> 61 ms); over channels or a short innermost dim the two
-    steps cost as much or more (measured on this project's 2-core CPU)."""
+    innermost run (CBAM's channel pool over the flattened H x W: 41 -> 11
+    ms at 2x256x200x334) and over the rows of an NCHW map whose width is
+    not a multiple of 8, where its vectorised loop does not apply
+    (Triplet's pool over H: 85 -> 56 ms at that shape, 59 -> 41 ms at
+    2x512x100x167; at W = 80, 152, 200 or 304 the two steps take 1.1-1.5x
+    the time of ``torch.max``, over rows shorter than 128 up to 2x). Over
+    channels or a short innermost dim they cost as much or more on
+    average (measured on this project's 2-core AVX2 CPU, fp32)."""
     if x.device.type != 'cpu' or capturing_graph():
         return False
+    n, width = x.shape[dim], x.shape[-1]
     if x.stride(dim) == 1:
-        return x.shape[dim] >= 4096
-    return (dim == x.dim() - 2 and x.stride(-1) == 1
-            and x.stride(dim) == x.shape[-1] and x.shape[dim] >= 64)
+        return n >= 4096
+    rows = (dim == x.dim() - 2 and x.stride(-1) == 1
+            and x.stride(dim) == width)
+    return rows and n >= 64 and width >= 128 and width % 8 != 0
 
 
 def max_with_index(x: torch.Tensor,
@@ -427,7 +433,12 @@ def max_with_index(x: torch.Tensor,
     shape[dim:dim + 1] = [n1, n2]
     groups = x.narrow(dim, 0, n1 * n2).view(shape)  # (..., n1, n2, ...)
     group_max = groups.amax(dim + 1, keepdim=True)  # (..., n1, 1, ...)
-    group = group_max.argmax(dim, keepdim=True)  # (..., 1, 1, ...)
+    # argmax over a strided dim is the slow kernel too; on the n2 times
+    # smaller group maxima a copy with that dim innermost pays (Triplet's
+    # pool over H: 31 -> 9 ms; no copy where the dim is innermost already):
+    # (..., n1, 1, ...) -> (..., 1, ..., n1)
+    group = group_max.movedim(dim, -1).contiguous().argmax(
+        -1, keepdim=True).movedim(-1, dim)  # (..., 1, 1, ...)
     shape[dim] = 1
     members = groups.gather(dim, group.expand(shape))  # (..., 1, n2, ...)
     values, member = members.max(dim + 1, keepdim=True)

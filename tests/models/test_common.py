@@ -22,8 +22,10 @@ def _views(x):
 @pytest.mark.parametrize('shape, dim, two_steps', [
     ((2, 3, 4100), 2, True),  # a long innermost run (CBAM's H x W)
     ((2, 3, 4096), 2, True),  # n = n1 n2 exactly: no rest
-    ((2, 3, 70, 5), 2, True),  # the rows of an NCHW map (Triplet's H)
-    ((2, 3, 64, 5), 2, True),
+    ((2, 3, 70, 130), 2, True),  # the rows of an NCHW map (Triplet's H)
+    ((2, 3, 64, 131), 2, True),
+    ((2, 3, 70, 136), 2, False),  # a width torch.max vectorises
+    ((2, 3, 70, 5), 2, False),  # short rows
     ((2, 70, 4, 5), 1, False),  # channels: torch.max
     ((2, 3, 4, 70), 3, False),  # a short innermost dim: torch.max
 ])
