@@ -782,14 +782,18 @@ class _ScaleByMaps(torch.autograd.Function):
                 if ctx.product and k > 1:  # times the other maps
                     others = maps_b[:i] + maps_b[i + 1:]
                     factor = product * _maps_gate(others, 1, True, x.dtype)
-                # (an empty dim list would sum over all dims)
-                part = factor.sum(dims, keepdim=True, dtype=m.dtype) \
-                    if dims else factor.to(m.dtype, copy=True)
-                part = part.div_(ctx.divisor)
+                # a block of one channel is its own sum over channels (an
+                # empty dim list would sum over all dims)
+                dims_b = [d for d in dims if factor.shape[d] > 1]
+                part = factor.sum(dims_b, keepdim=True, dtype=m.dtype) \
+                    if dims_b else factor
                 if 1 in dims:  # summed over all the blocks
                     grad_m.add_(part)
                 else:
                     grad_m.copy_(part)
+        if ctx.divisor != 1:  # once, after the blocks
+            for grad_m in grad_maps:
+                grad_m.div_(ctx.divisor)
         grad_residual = grad if ctx.needs_input_grad[3] else None
         if ctx.handoff is not None:
             ctx.handoff.grad, grad_x = grad_x, None
