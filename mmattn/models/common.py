@@ -590,6 +590,20 @@ def channel_blocks(*tensors: Optional[torch.Tensor]
                  else t.split(size, 1) for t in tensors))
 
 
+def block_sum(block: torch.Tensor, dims: Sequence[int],
+              dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``block.sum(dims, keepdim=True, dtype=dtype)`` for a block of
+    :func:`channel_blocks`, leaving out the dims of size 1 there (a block of
+    one channel is its own sum over channels; on the CPU that sum costs as
+    much as an op with real work, some 80 us a 2^18-element block); with
+    none left, the block itself (in ``dtype``, not copied where it has
+    it)."""
+    dims = [d for d in dims if block.shape[d] > 1]
+    if not dims:  # (an empty dim list would sum over all dims)
+        return block if dtype is None else block.to(dtype)
+    return block.sum(dims, keepdim=True, dtype=dtype)
+
+
 def row_blocks(x: torch.Tensor) -> Iterator[slice]:
     """Slices of dim 2 (rows) of a (B, C, H, W) ``x`` covering about
     :data:`CPU_BLOCK_NUMEL` elements each on the CPU, one slice elsewhere:
@@ -782,11 +796,7 @@ class _ScaleByMaps(torch.autograd.Function):
                 if ctx.product and k > 1:  # times the other maps
                     others = maps_b[:i] + maps_b[i + 1:]
                     factor = product * _maps_gate(others, 1, True, x.dtype)
-                # a block of one channel is its own sum over channels (an
-                # empty dim list would sum over all dims)
-                dims_b = [d for d in dims if factor.shape[d] > 1]
-                part = factor.sum(dims_b, keepdim=True, dtype=m.dtype) \
-                    if dims_b else factor
+                part = block_sum(factor, dims, m.dtype)
                 if 1 in dims:  # summed over all the blocks
                     grad_m.add_(part)
                 else:

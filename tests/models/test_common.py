@@ -197,6 +197,23 @@ def test_per_channel_sums_in_blocks(block_numel, channels_last, monkeypatch):
     assert common.per_channel_sums(grad, x, False)[1] is None
 
 
+@pytest.mark.parametrize('shape', [(2, 3, 4, 5), (2, 1, 4, 5), (2, 1, 1, 5)])
+@pytest.mark.parametrize('dims', [(1, ), (2, 3), (1, 2)])
+def test_block_sum_is_sum_with_keepdim(shape, dims):
+    """A block's sum, its dims of size 1 left out: the same values and
+    shape as ``sum(dims, keepdim=True)``; nothing to sum returns the block
+    itself, or its conversion to the asked dtype."""
+    block = torch.randn(shape, dtype=torch.float64)
+    expected = block.sum(dims, keepdim=True)
+    assert torch.equal(common.block_sum(block, dims), expected)
+    assert torch.equal(common.block_sum(block.half(), dims, torch.float64),
+                       block.half().sum(dims, keepdim=True,
+                                        dtype=torch.float64))
+    if all(shape[d] == 1 for d in dims):
+        assert common.block_sum(block, dims) is block
+        assert common.block_sum(block, dims, torch.float64) is block
+
+
 @pytest.mark.parametrize('correction', [0, 1])
 @pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'half'])
 def test_spatial_mean_var_is_var_mean(correction, layout, channel_blocks):

@@ -5,11 +5,11 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from mmattn.models.common import (ActLayer, GradientHandoff, capturing_graph,
-                                  channel_blocks, check_choice,
-                                  check_positive_int, create_act,
-                                  nchw_or_channels_last, needs_grad,
-                                  reduced_channels, spatial_mean)
+from mmattn.models.common import (ActLayer, GradientHandoff, block_sum,
+                                  capturing_graph, channel_blocks,
+                                  check_choice, check_positive_int,
+                                  create_act, nchw_or_channels_last,
+                                  needs_grad, reduced_channels, spatial_mean)
 from mmattn.models.convs import (PointwiseConv, few_channel_conv_layout,
                                  pointwise_conv)
 from mmattn.registry import MODELS
@@ -339,8 +339,8 @@ class BAMGateFunction(torch.autograd.Function):
             q.addcmul_(q, s, value=-1)  # g x s (1 - s)
             gmc_b.copy_((q * ms_b if ctx.product else q).sum((2, 3),
                                                              keepdim=True))
-            grad_ms.add_((q.mul_(mc_b) if ctx.product else q).sum(
-                1, keepdim=True))
+            grad_ms.add_(block_sum(q.mul_(mc_b) if ctx.product else q,
+                                   (1, )))
         if ctx.handoff is not None:  # the pooling's backward returns it
             ctx.handoff.grad, grad_x = grad_x, None
         # residual (the last input): its gradient is the upstream one
