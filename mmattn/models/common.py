@@ -393,23 +393,32 @@ class _MaxMeanPool(torch.autograd.Function):
 
 def _two_step_max_pays(x: torch.Tensor, dim: int) -> bool:
     """Whether :func:`max_with_index` takes two steps: on the CPU, where
-    ``torch.max`` with indices is 2-4x slower than ``amax`` over a long
-    innermost run (CBAM's channel pool over the flattened H x W: 41 -> 11
-    ms at 2x256x200x334) and over the rows of an NCHW map whose width is
-    not a multiple of 8, where its vectorised loop does not apply
-    (Triplet's pool over H: 85 -> 56 ms at that shape, 59 -> 41 ms at
-    2x512x100x167; at W = 80, 152, 200 or 304 the two steps take 1.1-1.5x
-    the time of ``torch.max``, over rows shorter than 128 up to 2x). Over
-    channels or a short innermost dim they cost as much or more on
-    average (measured on this project's 2-core AVX2 CPU, fp32)."""
+    ``torch.max`` with indices is 2-4x slower than ``amax``. Measured
+    against ``torch.max`` (interleaved, 15 rounds, this project's 2-core
+    AVX2 CPU, fp32), the two steps take:
+
+    - over a long innermost run (CBAM's channel pool over the flattened H x
+      W): 11 ms against 41 at 2x256x200x334; over a short one (W), more;
+    - over the rows of an NCHW map whose width is at least 128 and not a
+      multiple of 8, where ``torch.max``'s vectorised loop does not apply
+      (Triplet's pool over H): 0.52-0.76x its time at 2x256x200x334,
+      2x512x100x167, 2x256x150x150; at W = 80, 152, 160, 200 or 304 they
+      took 1.1-1.6x;
+    - over the channels of an NCHW map of at least 64 channels (Triplet's
+      Z-pool over C): 0.34-0.95x its time at the ResNet-50 stage outputs
+      (batch 2) of an 800x1333 image and the first three of a 320x320
+      one, 1.04-1.05x at its last (2x2048x10x10) and at 2x256x100x100.
+    """
     if x.device.type != 'cpu' or capturing_graph():
         return False
     n, width = x.shape[dim], x.shape[-1]
     if x.stride(dim) == 1:
         return n >= 4096
-    rows = (dim == x.dim() - 2 and x.stride(-1) == 1
-            and x.stride(dim) == width)
-    return rows and n >= 64 and width >= 128 and width % 8 != 0
+    if x.numel() == 0 or not x[(0, ) * dim].is_contiguous():
+        return False  # measured on maps dense from dim on
+    if dim == x.dim() - 2:  # the rows of a map
+        return n >= 64 and width >= 128 and width % 8 != 0
+    return n >= 64
 
 
 def max_with_index(x: torch.Tensor,
