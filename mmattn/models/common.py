@@ -404,10 +404,12 @@ def _two_step_max_pays(x: torch.Tensor, dim: int) -> bool:
       (Triplet's pool over H): 0.52-0.76x its time at 2x256x200x334,
       2x512x100x167, 2x256x150x150; at W = 80, 152, 160, 200 or 304 they
       took 1.1-1.6x;
-    - over the channels of an NCHW map of at least 64 channels (Triplet's
-      Z-pool over C): 0.34-0.95x its time at the ResNet-50 stage outputs
-      (batch 2) of an 800x1333 image and the first three of a 320x320
-      one, 1.04-1.05x at its last (2x2048x10x10) and at 2x256x100x100.
+    - over the channels of an NCHW map of at least 64 channels and 2^19
+      elements (Triplet's Z-pool over C): 0.34-0.95x its time at the
+      ResNet-50 stage outputs (batch 2) of an 800x1333 image and the first
+      three of a 320x320 one, 1.04-1.05x at its last (2x2048x10x10, 2^18.6
+      elements) and at 2x256x100x100; on a block of 2^17 elements, where
+      the steps' own overhead counts, 1.4-1.8x.
     """
     if x.device.type != 'cpu' or capturing_graph():
         return False
@@ -418,7 +420,7 @@ def _two_step_max_pays(x: torch.Tensor, dim: int) -> bool:
         return False  # measured on maps dense from dim on
     if dim == x.dim() - 2:  # the rows of a map
         return n >= 64 and width >= 128 and width % 8 != 0
-    return n >= 64
+    return n >= 64 and x.numel() >= 1 << 19
 
 
 def max_with_index(x: torch.Tensor,

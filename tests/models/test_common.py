@@ -26,8 +26,9 @@ def _views(x):
     ((2, 3, 64, 131), 2, True),
     ((2, 3, 70, 136), 2, False),  # a width torch.max vectorises
     ((2, 3, 70, 5), 2, False),  # short rows
-    ((2, 70, 4, 5), 1, True),  # channels (Triplet's Z-pool over C)
-    ((2, 40, 4, 5), 1, False),  # few channels: torch.max
+    ((2, 70, 64, 60), 1, True),  # channels (Triplet's Z-pool over C)
+    ((2, 40, 100, 100), 1, False),  # few channels: torch.max
+    ((2, 70, 4, 5), 1, False),  # a small map: torch.max
     ((2, 3, 4, 70), 3, False),  # a short innermost dim: torch.max
 ])
 @pytest.mark.parametrize('values', ['distinct', 'ties', 'nan'])
