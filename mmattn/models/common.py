@@ -399,9 +399,10 @@ def _two_step_max_pays(x: torch.Tensor, dim: int) -> bool:
 
     - over a long innermost run (CBAM's channel pool over the flattened H x
       W): 11 ms against 41 at 2x256x200x334; over a short one (W), more;
-    - over the rows of an NCHW map whose width is at least 128 and not a
-      multiple of 8, where ``torch.max``'s vectorised loop does not apply
-      (Triplet's pool over H): 0.52-0.76x its time at 2x256x200x334,
+    - over the rows of an NCHW map (at least 2^19 elements, as below)
+      whose width is at least 128 and not a multiple of 8, where
+      ``torch.max``'s vectorised loop does not apply (Triplet's pool over
+      H): 0.52-0.76x its time at 2x256x200x334,
       2x512x100x167, 2x256x150x150; at W = 80, 152, 160, 200 or 304 they
       took 1.1-1.6x;
     - over the channels of an NCHW map of at least 64 channels and 2^19
@@ -416,11 +417,13 @@ def _two_step_max_pays(x: torch.Tensor, dim: int) -> bool:
     n, width = x.shape[dim], x.shape[-1]
     if x.stride(dim) == 1:
         return n >= 4096
-    if x.numel() == 0 or not x[(0, ) * dim].is_contiguous():
-        return False  # measured on maps dense from dim on
+    # a strided dim: measured on maps of 2^19 elements or more, dense from
+    # dim on
+    if x.numel() < 1 << 19 or not x[(0, ) * dim].is_contiguous():
+        return False
     if dim == x.dim() - 2:  # the rows of a map
         return n >= 64 and width >= 128 and width % 8 != 0
-    return n >= 64 and x.numel() >= 1 << 19
+    return n >= 64
 
 
 def max_with_index(x: torch.Tensor,

@@ -22,10 +22,11 @@ def _views(x):
 @pytest.mark.parametrize('shape, dim, two_steps', [
     ((2, 3, 4100), 2, True),  # a long innermost run (CBAM's H x W)
     ((2, 3, 4096), 2, True),  # n = n1 n2 exactly: no rest
-    ((2, 3, 70, 130), 2, True),  # the rows of an NCHW map (Triplet's H)
-    ((2, 3, 64, 131), 2, True),
-    ((2, 3, 70, 136), 2, False),  # a width torch.max vectorises
-    ((2, 3, 70, 5), 2, False),  # short rows
+    ((2, 30, 70, 130), 2, True),  # the rows of an NCHW map (Triplet's H)
+    ((2, 32, 64, 131), 2, True),
+    ((2, 30, 70, 136), 2, False),  # a width torch.max vectorises
+    ((2, 800, 70, 5), 2, False),  # short rows
+    ((2, 3, 70, 130), 2, False),  # a small map
     ((2, 70, 64, 60), 1, True),  # channels (Triplet's Z-pool over C)
     ((2, 40, 100, 100), 1, False),  # few channels: torch.max
     ((2, 70, 4, 5), 1, False),  # a small map: torch.max
