@@ -129,3 +129,131 @@ def test_few_channel_conv_layout():
         memory_format=torch.channels_last)
     assert convs.few_channel_conv_layout(x.transpose(2, 3)).is_contiguous(
         memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize('bias', [True, False])
+@pytest.mark.parametrize('channels_last', [False, True])
+@pytest.mark.parametrize('size', [(3, 4), (2, 3)])  # the product, too small
+def test_pointwise_conv_channels_last(bias, channels_last, size,
+                                      monkeypatch):
+    """The 1x1 conv, laid out channels-last, from either layout; the
+    product where it has the positions, the conv and a copy otherwise."""
+    monkeypatch.setattr(convs.PointwiseConv, 'MIN_GEMM_POSITIONS', 12)
+    conv = nn.Conv2d(6, 5, 1, bias=bias).double()
+    x = torch.randn(2, 6, *size, dtype=torch.float64, requires_grad=True)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    out = convs.pointwise_conv_channels_last(x, conv.weight, conv.bias)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    ops, nodes = set(), [out.grad_fn]
+    while nodes:  # every op of the graph
+        fn = nodes.pop()
+        ops.add(fn.name())
+        nodes += [n for n, _ in fn.next_functions if n is not None]
+    product = 'BaddbmmBackward0' if bias else 'BmmBackward0'
+    assert (product if size == (3, 4) else 'ConvolutionBackward0') in ops
+    torch.testing.assert_close(out, conv(x), rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda t: convs.pointwise_conv_channels_last(t, conv.weight,
+                                                     conv.bias), (x, ))
+
+
+def _shifted_cases():
+    """(kernel_size, dilation, padding, size) of the width-keeping convs:
+    every sign of tap offset, taps past the map's first and last rows, and
+    outputs taller and shorter than x."""
+    for kernel_size, dilation, pad_rows in [
+            ((3, 3), (1, 1), 1), ((3, 3), (4, 2), 4), ((5, 3), (2, 3), 0),
+            ((1, 7), (1, 1), 0), ((7, 7), (1, 1), 5), ((1, 1), (1, 1), 0),
+            ((3, 5), (3, 1), 7)]:
+        padding = (pad_rows, dilation[1] * (kernel_size[1] - 1) // 2)
+        for size in [(9, 11), (6, 4), (2, 13)]:
+            rows_out = size[0] + 2 * pad_rows - dilation[0] * (
+                kernel_size[0] - 1)
+            if size[1] > padding[1] and rows_out > 0:
+                yield kernel_size, dilation, padding, size
+
+
+@pytest.mark.parametrize('kernel_size, dilation, padding, size',
+                         list(_shifted_cases()))
+@pytest.mark.parametrize('channels_last', [True, False])
+def test_shifted_gemm_weight_grad_is_the_conv_weight_grad(
+        kernel_size, dilation, padding, size, channels_last):
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    rows_out = size[0] + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1)
+    grad = torch.randn(2, 5, rows_out, size[1], dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+        grad = grad.to(memory_format=torch.channels_last)
+    expected = torch.nn.grad.conv2d_weight(x, (5, 3, *kernel_size), grad,
+                                           1, padding, dilation)
+    out = convs.shifted_gemm_weight_grad(x, grad, kernel_size, padding,
+                                         dilation)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('width, padding', [(8, 0), (8, 2), (1, 1)])
+def test_shifted_gemm_weight_grad_refuses_other_widths(width, padding):
+    """A conv that changes the width (3x3, padding 0 or 2), or a map no
+    wider than the padding."""
+    x = torch.randn(1, 2, 4, width)
+    grad = torch.randn(1, 2, 4, width + 2 * padding - 2)
+    with pytest.raises(ValueError, match='keeps the width'):
+        convs.shifted_gemm_weight_grad(x, grad, (3, 3), (1, padding),
+                                       (1, 1))
+
+
+def _shifted_conv(monkeypatch, **kwargs) -> convs.ShiftedGemmConv2d:
+    monkeypatch.setattr(convs.ShiftedGemmConv2d, 'MIN_CHANNELS', 4)
+    monkeypatch.setattr(convs.ShiftedGemmConv2d, 'MIN_POSITIONS', 20)
+    return convs.ShiftedGemmConv2d(4, 4, 3, **kwargs).double()
+
+
+@pytest.mark.parametrize('kwargs', [dict(padding=2, dilation=2),
+                                    dict(padding=(0, 1), bias=False)])
+def test_shifted_gemm_conv_is_the_conv(kwargs, monkeypatch):
+    conv = _shifted_conv(monkeypatch, **kwargs)
+    plain = nn.Conv2d(4, 4, 3, **kwargs).double()
+    assert conv.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    out = conv(x)
+    assert out.grad_fn.name() == '_ShiftedGemmConv2dFunctionBackward'
+    torch.testing.assert_close(out, plain(x), rtol=1e-12, atol=1e-12)
+    weight = conv.weight.detach().requires_grad_()
+    bias = None if conv.bias is None else conv.bias.detach().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda *args: convs._ShiftedGemmConv2dFunction.apply(
+            *args, conv.padding, conv.dilation), (x, weight, bias))
+
+
+@pytest.mark.parametrize('case, kwargs', [
+    ('stride', dict(stride=2)), ('groups', dict(groups=2)),
+    ('same', dict(padding='same')), ('width', dict(padding=(1, 0))),
+    ('channels', {}), ('positions', {}), ('no_grad', {}), ('autocast', {}),
+    ('bfloat16', {})])
+def test_shifted_gemm_conv_runs_the_conv_elsewhere(case, kwargs,
+                                                   monkeypatch):
+    """Outside the conditions it was measured for, ShiftedGemmConv2d is
+    nn.Conv2d."""
+    conv = _shifted_conv(monkeypatch, **{'padding': 1, **kwargs}).float()
+    if case == 'channels':
+        monkeypatch.setattr(convs.ShiftedGemmConv2d, 'MIN_CHANNELS', 5)
+    x = torch.randn(2, 4, 5, 3 if case == 'positions' else 6)
+    if case == 'bfloat16':
+        conv, x = conv.bfloat16(), x.bfloat16()
+    with torch.set_grad_enabled(case != 'no_grad'), torch.autocast(
+            'cpu', enabled=case == 'autocast'):
+        out = conv(x)
+    assert (out.grad_fn is None) == (case == 'no_grad')
+    assert out.grad_fn is None or out.grad_fn.name() == (
+        'ConvolutionBackward0')
+
+
+def test_shifted_gemm_conv_builds_from_conv_cfg():
+    """mmcv's ConvModule builds it by name."""
+    from mmcv.cnn import ConvModule
+    module = ConvModule(4, 4, 3, padding=1,
+                        conv_cfg=dict(type='ShiftedGemmConv2d'))
+    assert type(module.conv) is convs.ShiftedGemmConv2d

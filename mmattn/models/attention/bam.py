@@ -10,8 +10,8 @@ from mmattn.models.common import (ActLayer, GradientHandoff, block_sum,
                                   check_choice, check_positive_int,
                                   create_act, nchw_or_channels_last,
                                   needs_grad, reduced_channels, spatial_mean)
-from mmattn.models.convs import (PointwiseConv, few_channel_conv_layout,
-                                 pointwise_conv)
+from mmattn.models.convs import (PointwiseConv, ShiftedGemmConv2d,
+                                 pointwise_conv_channels_last)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 
@@ -132,8 +132,8 @@ class BAM(AttentionModule):
         layers = [PointwiseConv(in_channels, rd), nn.BatchNorm2d(rd),
                   create_act(act_layer, 'act_layer')]
         for _ in range(num_dilated_convs):
-            layers += [nn.Conv2d(rd, rd, 3, padding=dilation,
-                                 dilation=dilation),
+            layers += [ShiftedGemmConv2d(rd, rd, 3, padding=dilation,
+                                         dilation=dilation),
                        nn.BatchNorm2d(rd), create_act(act_layer, 'act_layer')]
         layers.append(PointwiseConv(rd, 1))
         self.spatial = nn.Sequential(*layers)
@@ -173,7 +173,9 @@ class BAM(AttentionModule):
             z, hidden = _PoolAndReduce.apply(x, reduce.weight, reduce.bias,
                                              handoff)
         else:
-            z, hidden = spatial_mean(x), reduce(x)
+            z = spatial_mean(x)
+            hidden = pointwise_conv_channels_last(x, reduce.weight,
+                                                  reduce.bias)
         mc = self.fc2(self.act(self.norm(self.fc1(z.reshape(b, c).to(
             x.dtype)))))  # (B, C)
         mc = mc.reshape(b, c, 1, 1)  # (B, C, 1, 1)
@@ -190,8 +192,8 @@ class BAM(AttentionModule):
     def spatial_tail(self, hidden: torch.Tensor) -> torch.Tensor:
         """The spatial branch after its 1x1 reduction, (B, C/r, H, W) ->
         :math:`M_s` (B, 1, H, W), channels-last on the CPU
-        (:func:`~mmattn.models.convs.few_channel_conv_layout`)."""
-        hidden = few_channel_conv_layout(hidden)
+        (:func:`~mmattn.models.convs.few_channel_conv_layout`, which the
+        reduction writes)."""
         for layer in self.spatial[1:]:
             hidden = layer(hidden)
         return hidden
@@ -200,7 +202,10 @@ class BAM(AttentionModule):
 class _PoolAndReduce(torch.autograd.Function):
     """BAM's first read of x, both branches at once: the global mean z
     (B, C, 1, 1) of the channel branch and the spatial branch's 1x1
-    reduction :math:`h = f_0(x)` (B, C/r, H, W), saving x and the weight.
+    reduction :math:`h = f_0(x)` (B, C/r, H, W), written channels-last for
+    the convs after it
+    (:func:`~mmattn.models.convs.pointwise_conv_channels_last`), saving x
+    and the weight.
 
     The backward adds both shares of the input gradient to the gate's,
     handed over by a :class:`~mmattn.models.common.GradientHandoff`, as one
@@ -214,8 +219,10 @@ class _PoolAndReduce(torch.autograd.Function):
 
     where autograd would write the 1x1 conv's gradient, then the mean's,
     and sum them with the gate's. The weight's gradient is
-    :math:`\\sum_b g_h x^\\top`. Computed in x's dtype (the small
-    gradients are cast to it under autocast).
+    :math:`\\sum_b g_h x^\\top`. The products take the faster
+    orientation for a channels-last :math:`g_h` (the CPU's layout of the
+    spatial branch). Computed in x's dtype (the small gradients are cast to
+    it under autocast).
     """
 
     @staticmethod
@@ -224,7 +231,7 @@ class _PoolAndReduce(torch.autograd.Function):
                 handoff: GradientHandoff):
         ctx.save_for_backward(x, weight)
         ctx.handoff = handoff
-        return spatial_mean(x), pointwise_conv(x, weight, bias)
+        return spatial_mean(x), pointwise_conv_channels_last(x, weight, bias)
 
     @staticmethod
     @once_differentiable
@@ -232,26 +239,35 @@ class _PoolAndReduce(torch.autograd.Function):
                  grad_h: Optional[torch.Tensor]):
         x, weight = ctx.saved_tensors
         b, c, h, w = x.shape
-        flat = x.flatten(2)  # (B, C, N), a view in either layout
+        n = h * w
+        rows = x.flatten(2).transpose(1, 2)  # (B, N, C), a view in either
         if grad_h is None:
             grad_h = x.new_zeros(b, weight.shape[0], h, w)
-        grad_h = grad_h.to(x.dtype).reshape(b, -1, h * w)  # (B, C/r, N)
+        grad_h = grad_h.to(x.dtype)
+        # [g_h | 1]^T (B, C/r + 1, N), from g_h's (B, N, C/r) rows if it is
+        # channels-last (the CPU's layout), else from its (B, C/r, N)
+        if grad_h.is_contiguous(memory_format=torch.channels_last):
+            right = torch.cat((grad_h.permute(0, 2, 3, 1).reshape(b, n, -1),
+                               grad_h.new_ones(b, n, 1)), 2).transpose(1, 2)
+        else:
+            right = torch.cat((grad_h.reshape(b, -1, n),
+                               grad_h.new_ones(b, 1, n)), 1)
         grad_x = ctx.handoff.take()
         if ctx.needs_input_grad[0]:
             if grad_z is None:
                 grad_z = x.new_zeros(b, c, 1, 1)
-            # [W^T | g_z / N] (B, C, C/r + 1), [g_h; 1] (B, C/r + 1, N)
+            # [W^T | g_z / N] (B, C, C/r + 1)
             left = torch.cat((weight.flatten(1).t().to(x.dtype).expand(
-                b, c, -1), grad_z.reshape(b, c, 1).to(x.dtype) / (h * w)), 2)
-            right = torch.cat((grad_h, grad_h.new_ones(b, 1, h * w)), 1)
+                b, c, -1), grad_z.reshape(b, c, 1).to(x.dtype) / n), 2)
             if grad_x is None:
                 grad_x = torch.empty_like(x)
                 torch.bmm(left, right, out=grad_x.flatten(2))
             else:
                 grad_x.flatten(2).baddbmm_(left, right)
         grad_w = grad_b = None
+        grad_h = right[:, :-1]  # (B, C/r, N)
         if ctx.needs_input_grad[1]:
-            grad_w = torch.bmm(grad_h, flat.transpose(1, 2)).sum(0).to(
+            grad_w = torch.bmm(grad_h, rows).sum(0).to(
                 weight.dtype).view_as(weight)  # (C/r, C, 1, 1)
         if ctx.needs_input_grad[2]:
             grad_b = grad_h.sum((0, 2)).to(weight.dtype)

@@ -9,7 +9,7 @@ from helpers import (assert_rel_close, assert_training_pass_matches,
 from mmattn.models.attention import BAM
 from mmattn.models.attention.bam import BAMGateFunction, _PoolAndReduce
 from mmattn.models.common import GradientHandoff
-from mmattn.models.convs import PointwiseConv
+from mmattn.models.convs import PointwiseConv, ShiftedGemmConv2d
 
 
 def channel_norm_ref(v, norm, training):
@@ -183,9 +183,12 @@ def test_training_path_matches_autograd_of_reference(combine, gemm, layout,
     reduction in one function, whose backward completes the gate's input
     gradient) on NCHW and channels-last inputs, with the reduction as a
     matrix product or as oneDNN's conv, and the plain composition on a
-    strided input."""
+    strided input; the dilated convs' weight gradient as shifted matrix
+    products or as oneDNN's (with the reduction)."""
     if gemm:
         monkeypatch.setattr(PointwiseConv, 'MIN_GEMM_POSITIONS', 1)
+        monkeypatch.setattr(ShiftedGemmConv2d, 'MIN_CHANNELS', 1)
+        monkeypatch.setattr(ShiftedGemmConv2d, 'MIN_POSITIONS', 1)
     torch.manual_seed(0)
     module = randomize_(BAM(32, combine=combine)).double()
     x = torch.randn(2, 32, 6, 5, dtype=torch.float64)
@@ -198,6 +201,8 @@ def test_training_path_matches_autograd_of_reference(combine, gemm, layout,
     out = module(x)
     assert ('_PoolAndReduceBackward' in _graph_functions(out)) == (
         layout != 'strided')
+    assert ('_ShiftedGemmConv2dFunctionBackward' in _graph_functions(out)
+            ) == gemm
     with torch.no_grad():
         torch.testing.assert_close(module(x), out, rtol=1e-14, atol=0)
     params = [x, *module.parameters()]
@@ -220,6 +225,29 @@ def test_pool_and_reduce_gradcheck(monkeypatch):
         assert torch.autograd.gradcheck(
             lambda *args: _PoolAndReduce.apply(*args, GradientHandoff()),
             (x, weight, bias))
+
+
+@pytest.mark.parametrize('memory_format',
+                         [torch.channels_last, torch.contiguous_format])
+def test_pool_and_reduce_takes_either_gradient_layout(memory_format):
+    """The reduction's gradient arrives channels-last on the CPU (the
+    layout of the convs after it) and NCHW elsewhere: the backward builds
+    its products from either, with the gradients of mean and conv."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 5, 1, 1, dtype=torch.float64,
+                         requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    z, h = _PoolAndReduce.apply(x, weight, bias, GradientHandoff())
+    grad_z = torch.randn_like(z)
+    grad_h = torch.randn_like(h).contiguous(memory_format=memory_format)
+    actual = torch.autograd.grad((z, h), (x, weight, bias),
+                                 (grad_z, grad_h))
+    expected = torch.autograd.grad(
+        (x.mean((2, 3), keepdim=True), nn.functional.conv2d(x, weight, bias)),
+        (x, weight, bias), (grad_z, grad_h))
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
 
 
 def test_parameters_only_training_and_inference_take_plain_passes():
