@@ -164,9 +164,13 @@ def pointwise_conv_channels_last(
     (B, HW, C) and W (C, C'), which writes channels-last directly and is
     the faster orientation of the product: 25 against 34 ms for 256 -> 16
     channels at 2x256x200x334 on this project's CPU, the same result to
-    the bit, and no layout copy after it."""
+    the bit, and no layout copy after it. Not where autograd is to derive
+    x's gradient (a hand-written backward such as BAM's takes the product
+    without it): its backward of this product writes that gradient
+    transposed, 3x slower."""
     b, c, h, w = x.shape
     if (x.device.type != 'cpu' or not nchw_or_channels_last(x)
+            or (x.requires_grad and torch.is_grad_enabled())
             or h * w < PointwiseConv.MIN_GEMM_POSITIONS
             or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
         return few_channel_conv_layout(pointwise_conv(x, weight, bias))

@@ -136,26 +136,25 @@ def test_few_channel_conv_layout():
 @pytest.mark.parametrize('size', [(3, 4), (2, 3)])  # the product, too small
 def test_pointwise_conv_channels_last(bias, channels_last, size,
                                       monkeypatch):
-    """The 1x1 conv, laid out channels-last, from either layout; the
-    product where it has the positions, the conv and a copy otherwise."""
+    """The 1x1 conv, laid out channels-last, from either layout: the
+    product where it has the positions and autograd does not derive x's
+    gradient, the conv and a copy otherwise."""
     monkeypatch.setattr(convs.PointwiseConv, 'MIN_GEMM_POSITIONS', 12)
     conv = nn.Conv2d(6, 5, 1, bias=bias).double()
-    x = torch.randn(2, 6, *size, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 6, *size, dtype=torch.float64)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    out = convs.pointwise_conv_channels_last(x, conv.weight, conv.bias)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    ops, nodes = set(), [out.grad_fn]
-    while nodes:  # every op of the graph
-        fn = nodes.pop()
-        ops.add(fn.name())
-        nodes += [n for n, _ in fn.next_functions if n is not None]
-    product = 'BaddbmmBackward0' if bias else 'BmmBackward0'
-    assert (product if size == (3, 4) else 'ConvolutionBackward0') in ops
-    torch.testing.assert_close(out, conv(x), rtol=1e-12, atol=1e-12)
+    for x_grad in (False, True):
+        x.requires_grad_(x_grad)
+        out = convs.pointwise_conv_channels_last(x, conv.weight, conv.bias)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        # the product's (B, HW, C') rows permuted to (B, C', H, W)
+        assert (out.grad_fn.name() == 'PermuteBackward0') == (
+            size == (3, 4) and not x_grad)
+        torch.testing.assert_close(out, conv(x), rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(
-        lambda t: convs.pointwise_conv_channels_last(t, conv.weight,
-                                                     conv.bias), (x, ))
+        lambda *args: convs.pointwise_conv_channels_last(x.detach(), *args),
+        (conv.weight, conv.bias))
 
 
 def _shifted_cases():
