@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from mmattn.models.common import nchw_or_channels_last
+from mmattn.models.common import capturing_graph, nchw_or_channels_last
 from mmattn.registry import MODELS
 
 
@@ -219,19 +219,16 @@ class ShiftedGemmConv2d(nn.Conv2d):
                 or self.groups != 1 or self.padding_mode != 'zeros'
                 or x.dim() != 4):
             return False
-        keeps_width = (2 * self.padding[1] == self.dilation[1] *
-                       (self.kernel_size[1] - 1)
-                       and x.shape[3] > self.padding[1])
-        return (keeps_width and x.device.type == 'cpu'
+        return (_keeps_width(x.shape[3], self.kernel_size[1],
+                             self.padding[1], self.dilation[1])
+                and x.device.type == 'cpu'
                 and x.dtype in (torch.float32, torch.float64)
                 and self.weight.requires_grad and torch.is_grad_enabled()
                 and not torch.is_autocast_enabled('cpu')
                 and min(self.in_channels, self.out_channels)
                 >= self.MIN_CHANNELS
                 and x.shape[2] * x.shape[3] >= self.MIN_POSITIONS
-                and not torch.jit.is_tracing()
-                and not torch.onnx.is_in_onnx_export()
-                and not torch.compiler.is_compiling())
+                and not capturing_graph())
 
 
 class _ShiftedGemmConv2dFunction(torch.autograd.Function):
@@ -265,6 +262,14 @@ class _ShiftedGemmConv2dFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+def _keeps_width(width: int, kernel_size: int, padding: int,
+                 dilation: int) -> bool:
+    """Whether a stride-1 conv's output keeps the input's width (2 p = d
+    (k - 1)), on a map wider than the padding: the convs whose taps
+    :func:`shifted_gemm_weight_grad` reads as shifted runs of rows."""
+    return 2 * padding == dilation * (kernel_size - 1) and width > padding
+
+
 def shifted_gemm_weight_grad(x: torch.Tensor, grad: torch.Tensor,
                              kernel_size: Sequence[int],
                              padding: Sequence[int],
@@ -291,7 +296,7 @@ def shifted_gemm_weight_grad(x: torch.Tensor, grad: torch.Tensor,
     b, c, h, w = x.shape
     c_out, h_out, w_out = grad.shape[1:]
     (k_h, k_w), (p_h, p_w), (d_h, d_w) = kernel_size, padding, dilation
-    if w_out != w or 2 * p_w != d_w * (k_w - 1) or w <= p_w:
+    if w_out != w or not _keeps_width(w, k_w, p_w, d_w):
         raise ValueError(
             f'shifted_gemm_weight_grad needs a conv that keeps the width '
             f'(2 * padding = dilation * (kernel_size - 1)) of a map wider '
