@@ -402,9 +402,8 @@ def _two_step_max_pays(x: torch.Tensor, dim: int) -> bool:
     - over the rows of an NCHW map (at least 2^19 elements, as below)
       whose width is at least 128 and not a multiple of 8, where
       ``torch.max``'s vectorised loop does not apply (Triplet's pool over
-      H): 0.52-0.76x its time at 2x256x200x334,
-      2x512x100x167, 2x256x150x150; at W = 80, 152, 160, 200 or 304 they
-      took 1.1-1.6x;
+      H): 0.52-0.76x its time at 2x256x200x334, 2x512x100x167 and
+      2x256x150x150; at W = 80, 152, 160, 200 or 304 they took 1.1-1.6x;
     - over the channels of an NCHW map of at least 64 channels and 2^19
       elements (Triplet's Z-pool over C): 0.34-0.95x its time at the
       ResNet-50 stage outputs (batch 2) of an 800x1333 image and the first
