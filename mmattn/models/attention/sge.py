@@ -5,9 +5,10 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from mmattn.models.common import (channel_blocks, check_divisible,
-                                  check_positive_int, multiply_add,
-                                  needs_grad, spatial_mean, spatial_mean_var)
+from mmattn.models.common import (capturing_graph, channel_blocks,
+                                  check_divisible, check_positive_int,
+                                  multiply_add, needs_grad, spatial_mean,
+                                  spatial_mean_var)
 from mmattn.registry import MODELS
 from .base import AttentionModule
 
@@ -91,31 +92,28 @@ class SGE(AttentionModule):
         if needs_grad(x, self.weight, self.bias):
             return SGEFunction.apply(x, self.weight, self.bias, self.groups,
                                      self.eps, residual)
-        gate = sge_gate(x, self.weight, self.bias, self.groups, self.eps)[0]
-        return apply_sge_gate(x, gate, residual)
+        t = normalised_similarity(x, self.groups, self.eps)[0]
+        return apply_sge_gate(x, t, self.weight, self.bias, residual)
 
     def extra_repr(self) -> str:
         return f'groups={self.groups}, eps={self.eps}'
 
 
-def sge_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-             groups: int, eps: float
-             ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
-    """SGE's gate and the small tensors its backward pass needs.
+def normalised_similarity(
+        x: torch.Tensor, groups: int, eps: float
+) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
+    """SGE's normalised similarity map :math:`\\hat{c}` and the small
+    tensors its backward pass needs.
 
     Args:
         x (Tensor): Input (B, C, H, W), G dividing C.
-        weight (Tensor): :math:`\\gamma`, (1, G, 1, 1).
-        bias (Tensor): :math:`\\beta`, (1, G, 1, 1).
         groups (int): G.
         eps (float): :math:`\\epsilon`, added to the standard deviation.
 
     Returns:
-        tuple: The gate (B, G, 1, H, W) in x's dtype and
-        ``(g, t, std, var)``: the group
-        descriptors g (B, G, C/G, 1, 1), the normalised similarities t
-        (B, G, H, W) and the statistics std, var (B, G, 1, 1), all in at
-        least fp32.
+        tuple: :math:`\\hat{c}` = t (B, G, H, W) and ``(g, std, var)``: the
+        group descriptors g (B, G, C/G, 1, 1) and the statistics std, var
+        (B, G, 1, 1), all in at least fp32.
     """
     b, c, h, w = x.shape
     xg = x.view(b, groups, c // groups, h, w)  # (B, G, C/G, H, W)
@@ -129,24 +127,43 @@ def sge_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     mean, var = spatial_mean_var(sim, correction=1 if h * w > 1 else 0)
     # Flooring var keeps sqrt's gradient finite on constant maps.
     std = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
-    t = (sim - mean) / (std + eps)  # (B, G, H, W)
-    a = t * weight + bias  # (B, G, H, W)
-    gate = torch.sigmoid(a).to(x.dtype).unsqueeze(2)  # (B, G, 1, H, W)
-    return gate, (g, t, std, var)
+    # (sim - mean) / (std + eps) (B, G, H, W), in sim's memory outside
+    # autograd (the hand-written backward's forward, inference): a fresh map
+    # costs as much in page faults as the two passes
+    centred = sim - mean if sim.requires_grad else sim.sub_(mean)
+    t = centred.div_(std + eps)
+    return t, (g, std, var)
 
 
-def apply_sge_gate(x: torch.Tensor, gate: torch.Tensor,
-                   residual: Optional[torch.Tensor] = None,
-                   out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``x * gate`` (+ ``residual`` in the same pass), each group's gate
-    (B, G, 1, H, W) broadcast over its C/G channels; into ``out`` (x's
-    shape) if given."""
+def sge_gate(t: torch.Tensor, weight: torch.Tensor,
+             bias: torch.Tensor) -> torch.Tensor:
+    """:math:`\\sigma(\\gamma_k \\hat{c} + \\beta_k)` of (a block of groups
+    of) the normalised similarity t (B, G, H, W), weight and bias
+    (1, G, 1, 1)."""
+    return torch.addcmul(bias, t, weight).sigmoid_()
+
+
+def apply_sge_gate(x: torch.Tensor, t: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor,
+                   residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x * sge_gate(t)`` (+ ``residual`` in the same pass), each group's
+    gate broadcast over its C/G channels, a block of groups at a time on
+    the CPU (:func:`~mmattn.models.common.channel_blocks`): the full-size
+    gate only ever in cache (the whole map under graph capture)."""
     b, c, h, w = x.shape
-    shape = (b, gate.shape[1], c // gate.shape[1], h, w)  # (B, G, C/G, H, W)
-    y = multiply_add(x.view(shape), gate,
-                     None if residual is None else residual.reshape(shape),
-                     out=None if out is None else out.view(shape))
-    return y.reshape(b, c, h, w)
+    shape = (b, t.shape[1], c // t.shape[1], h, w)  # (B, G, C/G, H, W)
+    residual = None if residual is None else residual.reshape(shape)
+    if capturing_graph():
+        gate = sge_gate(t, weight, bias).to(x.dtype).unsqueeze(2)
+        return multiply_add(x.view(shape), gate, residual).reshape(x.shape)
+    # written into a tensor of x's shape: a custom Function must not return
+    # a view (``(xg * gate).reshape`` is one)
+    out = torch.empty_like(x)
+    for x_b, t_b, w_b, b_b, r_b, out_b in channel_blocks(
+            x.view(shape), t, weight, bias, residual, out.view(shape)):
+        gate = sge_gate(t_b, w_b, b_b).to(x.dtype).unsqueeze(2)
+        multiply_add(x_b, gate, r_b, out=out_b)  # (B, G_block, C/G, H, W)
+    return out
 
 
 class SGEFunction(torch.autograd.Function):
@@ -171,22 +188,18 @@ class SGEFunction(torch.autograd.Function):
               x_{cj}
 
     (the variance term vanishes where the variance is floored, as autograd's
-    ``clamp_min`` gradient does). The forward output is
-    :func:`sge_gate` applied as the eager module applies it.
+    ``clamp_min`` gradient does). The forward output is inference's
+    (:func:`apply_sge_gate`), bit for bit.
     """
 
     @staticmethod
     def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor,
                 bias: torch.Tensor, groups: int, eps: float,
                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        gate, (g, t, std, var) = sge_gate(x, weight, bias, groups, eps)
+        t, (g, std, var) = normalised_similarity(x, groups, eps)
         ctx.groups, ctx.eps = groups, eps
         ctx.save_for_backward(x, weight, bias, g, t, std, var)
-        # Written into a tensor of x's shape: a custom Function must not
-        # return a view (``(xg * gate).reshape`` is one).
-        out = torch.empty_like(x)
-        apply_sge_gate(x, gate, residual, out=out)
-        return out
+        return apply_sge_gate(x, t, weight, bias, residual)
 
     @staticmethod
     @once_differentiable
@@ -222,8 +235,12 @@ def _grad_block(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor,
     n = num - 1 if num > 1 else num
     acc = t.dtype
     x, grad = x.to(acc), grad.to(acc)  # (B, G_block, C/G, H, W)
-    s = torch.sigmoid(t * weight + bias)  # (B, G_block, H, W)
-    da = (grad * x).sum(dim=2).mul_(s).mul_(1 - s)  # dL/da
+    # the block's full-size products go straight into grad_x (in the
+    # accumulation dtype, else into a scratch block copied at the end)
+    out = grad_x if grad_x.dtype == acc else torch.empty_like(grad_x,
+                                                              dtype=acc)
+    s = sge_gate(t, weight, bias)  # (B, G_block, H, W)
+    da = torch.mul(grad, x, out=out).sum(dim=2).mul_(s).mul_(1 - s)  # dL/da
     torch.sum(da * t, dim=(0, 2, 3), keepdim=True, out=grad_weight)
     torch.sum(da, dim=(0, 2, 3), keepdim=True, out=grad_bias)
     denom = std + eps
@@ -239,6 +256,7 @@ def _grad_block(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor,
     # through g = mean(x): sum_i dsim_i x_ci / HW, (B, G_block, C/G, 1, 1)
     dg = torch.einsum('bgchw,bghw->bgc', x, dsim).div_(num)[..., None, None]
     # G s + dsim g (through sim = sum_c x g) + dg
-    out = torch.addcmul(dg, dsim.unsqueeze(2), g).addcmul_(grad,
-                                                           s.unsqueeze(2))
-    grad_x.copy_(out)
+    torch.addcmul(dg, dsim.unsqueeze(2), g, out=out).addcmul_(
+        grad, s.unsqueeze(2))
+    if out is not grad_x:
+        grad_x.copy_(out)
