@@ -574,26 +574,28 @@ def batch_norm_with_stats(
 CPU_BLOCK_NUMEL = 1 << 18
 
 
-def channel_block_size(x: torch.Tensor) -> int:
-    """Channels (dim 1) per block of about :data:`CPU_BLOCK_NUMEL` elements
-    of ``x`` on the CPU; all channels on other devices, whose kernels do not
-    gain from it."""
+def channel_block_size(x: torch.Tensor, factor: int = 1) -> int:
+    """Channels (dim 1) per block of about ``factor`` x
+    :data:`CPU_BLOCK_NUMEL` elements of ``x`` on the CPU; all channels on
+    other devices, whose kernels do not gain from it."""
     channels = x.shape[1]
     if x.device.type != 'cpu':
         return channels
-    return max(1, CPU_BLOCK_NUMEL * channels // max(x.numel(), 1))
+    return max(1, factor * CPU_BLOCK_NUMEL * channels // max(x.numel(), 1))
 
 
-def channel_blocks(*tensors: Optional[torch.Tensor]
+def channel_blocks(*tensors: Optional[torch.Tensor], factor: int = 1
                    ) -> Iterator[Tuple[Optional[torch.Tensor], ...]]:
     """The tensors split alike in dim 1 into blocks of
     :func:`channel_block_size` channels of the first: for the hand-written
-    passes that keep a block's temporaries in cache. A tensor with the
+    passes that keep a block's temporaries in cache (a pass that also runs
+    many ops on small per-block statistics takes blocks ``factor`` times
+    larger, trading some cache for fewer of those ops). A tensor with the
     first one's channels (full-size maps, (B, C, 1, 1) statistics, outputs
     to fill) is cut; one with a single channel (a (B, 1, H, W) map) comes
     whole with every block; None (an absent optional input, such as a
     residual) comes as None with every block."""
-    size = channel_block_size(tensors[0])
+    size = channel_block_size(tensors[0], factor)
     channels = tensors[0].shape[1]
     present = [t for t in tensors if t is not None]
     if any(t.shape[1] not in (channels, 1) for t in present):
