@@ -184,6 +184,16 @@ def trained_demo(shapes_root, tmp_path_factory):
 
 
 def coco_stats(ann_file, results, iou_type):
+    """pycocotools' six AP figures of ``results`` (a COCO results file or
+    list). Mask results are evaluated without their boxes, as mmdet's
+    ``CocoMetric`` does: pycocotools' ``loadRes`` would take a result's box
+    area, not its mask area, for the small / medium / large ranges."""
+    if isinstance(results, str):
+        with open(results) as f:
+            results = json.load(f)
+    if iou_type == 'segm':
+        results = [{k: v for k, v in r.items() if k != 'bbox'}
+                   for r in results]
     gt = COCO(ann_file)
     evaluator = COCOeval(gt, gt.loadRes(results), iou_type)
     evaluator.evaluate()
