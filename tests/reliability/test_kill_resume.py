@@ -58,12 +58,13 @@ class Launcher:
 
 
 def wait_for(log, pattern, pid, timeout=600):
-    """Poll the child's log until ``pattern`` appears."""
+    """Poll the child's log until ``pattern`` appears; its match."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = open(log).read() if osp.exists(log) else ''
-        if re.search(pattern, text):
-            return
+        match = re.search(pattern, text)
+        if match:
+            return match
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -117,9 +118,15 @@ def test_sigkill_three_times_then_resume_equals_uninterrupted(
             log = tmp_path / f'killed_{i}.log'
             if kind == 'random':
                 pid = launcher.start(resume, log)
-                target = done + arg
-                wait_for(log, rf'Iter\(train\) \[{target}/{MAX_ITERS}\]', pid)
-                time.sleep(rng.uniform(0, 0.4))
+                # an iteration that leaves the run one more to be killed in
+                target = min(done + arg, MAX_ITERS - 2)
+                line = wait_for(
+                    log, rf'Iter\(train\) \[{target}/{MAX_ITERS}\]'
+                    r'.*?time: ([0-9.]+)', pid)
+                # a random moment within about one more iteration, as long
+                # as the log says one takes on this machine (a fixed
+                # interval spanned five of them on a fast one)
+                time.sleep(rng.uniform(0, float(line[1])))
             else:
                 pid = launcher.start(resume, log, stall=f'2:{arg}')
                 wait_for(log, r'IN_SAVE ', pid)
