@@ -150,18 +150,22 @@ def test_training_path_matches_autograd_of_reference(channel_blocks):
 
 def test_half_input_gradient(channel_blocks):
     """An fp16 x trains with its statistics and gradient sums in fp32 (the
-    backward's scratch block, whose copy rounds x's gradient once): x's
-    gradient is the fp32 module's to fp16 precision."""
+    backward's scratch block, whose copy rounds x's gradient once): the
+    gradients of x, gamma and beta are the fp32 module's to fp16
+    precision."""
     torch.manual_seed(0)
     layer = randomize_(SGE(32, groups=8))
     x = channel_blocks(torch.randn(2, 32, 5, 6)).half().requires_grad_()
     grad = torch.randn(x.shape).half()
     layer(x).backward(grad)
+    half_grads = [p.grad.clone() for p in (layer.weight, layer.bias)]
+    layer.zero_grad()
     expected_x = x.detach().float().requires_grad_()
-    layer.weight.grad = None
     layer(expected_x).backward(grad.float())
     assert x.grad.dtype == torch.float16
     assert_rel_close(x.grad.float(), expected_x.grad, tol=5e-3)
+    for half, param in zip(half_grads, (layer.weight, layer.bias)):
+        assert_rel_close(half, param.grad, tol=5e-3)
 
 
 @pytest.mark.parametrize('channels_last', [False, True])
