@@ -799,11 +799,18 @@ class _ScaleByMaps(torch.autograd.Function):
         sum_dims = [[d for d in range(4) if m.shape[d] == 1 < x.shape[d]]
                     for m in maps]
         k = len(maps)
+        # the divisor folded once into the small maps of a sum (the first
+        # map of a product): one op less a block for the gate, which need
+        # not be the forward's to the last bit (Triplet fwd+bwd 0.97x)
+        gate_maps = list(maps)
+        if ctx.divisor != 1:
+            scaled = 1 if ctx.product else k
+            gate_maps[:scaled] = [m / ctx.divisor for m in maps[:scaled]]
         for x_b, g_b, gx_b, *rest in channel_blocks(x, grad, grad_x, *maps,
-                                                     *grad_maps):
-            maps_b, grads_b = rest[:k], rest[k:]
-            torch.mul(g_b, _maps_gate(maps_b, ctx.divisor, ctx.product,
-                                      x.dtype), out=gx_b)
+                                                     *grad_maps, *gate_maps):
+            maps_b, grads_b, gate_b = rest[:k], rest[k:2 * k], rest[2 * k:]
+            torch.mul(g_b, _maps_gate(gate_b, 1, ctx.product, x.dtype),
+                      out=gx_b)
             product = g_b * x_b  # (B, C_block, H, W)
             for i, (m, grad_m, dims) in enumerate(zip(maps_b, grads_b,
                                                       sum_dims)):

@@ -233,20 +233,24 @@ def test_spatial_mean_var_is_var_mean(correction, layout, channel_blocks):
     torch.testing.assert_close(var, expected_var)
 
 
-def test_scale_by_product_of_maps_gradcheck_and_values(channel_blocks):
+@pytest.mark.parametrize('divisor', [1, 2])
+def test_scale_by_product_of_maps_gradcheck_and_values(divisor,
+                                                       channel_blocks):
     """Coordinate attention's row and column gates: the product of the
-    maps, gradients against finite differences, in channel blocks."""
+    maps (over a divisor, which the backward folds into the first map),
+    gradients against finite differences, in channel blocks."""
     torch.manual_seed(0)
     x = channel_blocks(torch.randn(2, 5, 4, 3, dtype=torch.float64))
     maps = [torch.rand(2, 5, 4, 1, dtype=torch.float64),
             torch.rand(2, 5, 1, 3, dtype=torch.float64)]
     for t in [x, *maps]:
         t.requires_grad_()
-    expected = x * (maps[0] * maps[1])
-    assert torch.equal(scale_by_maps(x, maps, product=True), expected)
+    expected = x * (maps[0] * maps[1] / divisor)
+    assert torch.equal(
+        scale_by_maps(x, maps, divisor, product=True), expected)
     assert torch.autograd.gradcheck(
-        lambda *args: scale_by_maps(args[0], args[1:], product=True),
-        (x, *maps))
+        lambda *args: scale_by_maps(args[0], args[1:], divisor,
+                                    product=True), (x, *maps))
 
 
 @pytest.mark.parametrize('divisor', [1, 3])
