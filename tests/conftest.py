@@ -44,7 +44,8 @@ def channel_blocks(request, monkeypatch):
     """Sets, for an input's shape, the channels per block of the
     hand-written CPU passes (:func:`mmattn.models.common.channel_blocks`):
     the default (one block at test sizes), one, or two (a shorter last
-    block for an odd channel count)."""
+    block for an odd channel count), with the size from which a pooling's
+    backward takes blocks set to 0 for the last two."""
     from mmattn.models import common
 
     def use_for(x):
@@ -52,6 +53,7 @@ def channel_blocks(request, monkeypatch):
             per_channel = x.numel() // x.shape[1]
             monkeypatch.setattr(common, 'CPU_BLOCK_NUMEL',
                                 request.param * per_channel)
+            monkeypatch.setattr(common, 'MIN_BLOCKED_POOL_GRAD_NUMEL', 0)
         return x
 
     return use_for

@@ -6,10 +6,11 @@ import torch.nn as nn
 
 from mmattn.models import common
 from mmattn.models.backbones.blocks import batch_norm_with_affine
-from mmattn.models.common import (batch_norm_state, batch_norm_with_stats,
-                                  max_mean_pool, max_mean_pools,
-                                  scale_by_maps, scale_channels,
-                                  spatial_mean, spatial_mean_var)
+from mmattn.models.common import (GradientHandoff, batch_norm_state,
+                                  batch_norm_with_stats, max_mean_pool,
+                                  max_mean_pools, scale_by_maps,
+                                  scale_channels, spatial_mean,
+                                  spatial_mean_var)
 
 
 def _views(x):
@@ -72,6 +73,42 @@ def test_max_mean_pools_over_several_dims_at_once():
                                     (x, ))
     assert torch.autograd.gradcheck(lambda t: max_mean_pools(t, (2, 3)),
                                     (x, ))
+
+
+@pytest.mark.parametrize('dims', [(2, 3, 1), (2, 3), (1, ), (3, 1, 2)])
+@pytest.mark.parametrize('handed_over', [False, True])
+def test_max_mean_pools_gradient_in_blocks_is_bit_identical(
+        dims, handed_over, monkeypatch):
+    """The backward, in one block or in channel blocks (the mean shares and
+    the per-channel max shares added in cache), gives bit for bit the
+    gradient of one pass per share in order: the mean shares added (to the
+    gradient handed over, if any), then the max shares at the argmax."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 4, 3, generator=gen).requires_grad_()
+    shapes = [list(x.shape[:d]) + [2] + list(x.shape[d + 1:]) for d in dims]
+    upstream = [torch.randn(s, generator=gen) for s in shapes]
+    base = torch.randn(x.shape, generator=gen)
+
+    def grad_x():
+        handoff = GradientHandoff() if handed_over else None
+        pooled = max_mean_pools(x, dims, handoff)
+        if handed_over:
+            handoff.grad = base.clone()
+        return torch.autograd.grad(pooled, x, upstream)[0]
+
+    expected = base.clone() if handed_over else None
+    for grad, dim in zip(upstream, dims):
+        mean = (grad.narrow(dim, 1, 1) / x.shape[dim]).expand(x.shape)
+        expected = mean.clone() if expected is None else expected + mean
+    for grad, dim in zip(upstream, dims):
+        expected.scatter_add_(dim, x.max(dim, keepdim=True)[1],
+                              grad.narrow(dim, 0, 1))
+    assert torch.equal(grad_x(), expected)  # below the size for blocks
+    monkeypatch.setattr(common, 'MIN_BLOCKED_POOL_GRAD_NUMEL', 0)
+    for channels in (1, 2):
+        monkeypatch.setattr(common, 'CPU_BLOCK_NUMEL',
+                            channels * x[0, 0].numel() * x.shape[0])
+        assert torch.equal(grad_x(), expected)
 
 
 def test_max_mean_pool_gradient_goes_to_one_maximum():
