@@ -348,12 +348,12 @@ def _as_layout_of(grad: torch.Tensor, shape: torch.Size,
 
 
 #: Elements from which :class:`_MaxMeanPool`'s backward writes the gradient
-#: in channel blocks: where it is well beyond the last-level cache, which
-#: otherwise keeps its five passes. Triplet attention's training pass on
-#: this project's AVX2 CPU (32 MiB L3), interleaved against one pass per
-#: share: 0.95-0.98x at 2x256x200x334 (2^25 elements; four runs), 1.00x
-#: at 2x256x100x167 and 2x512x40x40, 1.02-1.06x at 2x256x80x80 and
-#: 2x1024x20x20.
+#: in channel blocks: where it is well beyond the last-level cache (below
+#: that, the cache serves its one pass per share). Triplet attention's
+#: training pass on a 2-core AMD EPYC with AVX-512 and a 32 MiB L3,
+#: interleaved against one pass per share: 0.95-0.98x at 2x256x200x334
+#: (2^25 elements; four runs), 1.00x at 2x256x100x167 and 2x512x40x40,
+#: 1.02-1.06x at 2x256x80x80 and 2x1024x20x20.
 MIN_BLOCKED_POOL_GRAD_NUMEL = 1 << 24
 
 
