@@ -400,8 +400,8 @@ class _MaxMeanPool(torch.autograd.Function):
         # the max shares that stay within a block of channels (a pool over
         # another dim), up to the first over channels, which needs them all
         within = len(ctx.dims) if 1 not in ctx.dims else ctx.dims.index(1)
-        parts = (grad_x, *means, *maxima[:within],
-                 *ctx.saved_tensors[:within])
+        indices = ctx.saved_tensors  # unpacked once (activation checkpoint)
+        parts = (grad_x, *means, *maxima[:within], *indices[:within])
         blocked = grad_x.is_contiguous() and \
             grad_x.numel() >= MIN_BLOCKED_POOL_GRAD_NUMEL
         blocks = channel_blocks(*parts) if blocked else [parts]
@@ -416,12 +416,12 @@ class _MaxMeanPool(torch.autograd.Function):
                 means_b = means_b[2:]
             for mean in means_b:
                 grad_b.add_(mean)
-            for grad, dim, indices in zip(rest[k:k + within], ctx.dims,
-                                          rest[k + within:]):
-                grad_b.scatter_add_(dim, indices, grad)
-        for grad, dim, indices in zip(maxima[within:], ctx.dims[within:],
-                                      ctx.saved_tensors[within:]):
-            grad_x.scatter_add_(dim, indices, grad)
+            for grad, dim, index in zip(rest[k:k + within], ctx.dims,
+                                        rest[k + within:]):
+                grad_b.scatter_add_(dim, index, grad)
+        for grad, dim, index in zip(maxima[within:], ctx.dims[within:],
+                                    indices[within:]):
+            grad_x.scatter_add_(dim, index, grad)
         return grad_x, None, None
 
 
