@@ -78,13 +78,14 @@ def test_max_mean_pools_over_several_dims_at_once():
 @pytest.mark.parametrize('dims', [(2, 3, 1), (2, 3), (1, ), (3, 1, 2)])
 @pytest.mark.parametrize('handed_over', [False, True])
 def test_max_mean_pools_gradient_in_blocks_is_bit_identical(
-        dims, handed_over, monkeypatch):
+        dims, handed_over, channel_blocks):
     """The backward, in one block or in channel blocks (the mean shares and
     the per-channel max shares added in cache), gives bit for bit the
     gradient of one pass per share in order: the mean shares added (to the
     gradient handed over, if any), then the max shares at the argmax."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 5, 4, 3, generator=gen).requires_grad_()
+    x = channel_blocks(torch.randn(2, 5, 4, 3, generator=gen))
+    x.requires_grad_()
     shapes = [list(x.shape[:d]) + [2] + list(x.shape[d + 1:]) for d in dims]
     upstream = [torch.randn(s, generator=gen) for s in shapes]
     base = torch.randn(x.shape, generator=gen)
@@ -103,12 +104,7 @@ def test_max_mean_pools_gradient_in_blocks_is_bit_identical(
     for grad, dim in zip(upstream, dims):
         expected.scatter_add_(dim, x.max(dim, keepdim=True)[1],
                               grad.narrow(dim, 0, 1))
-    assert torch.equal(grad_x(), expected)  # below the size for blocks
-    monkeypatch.setattr(common, 'MIN_BLOCKED_POOL_GRAD_NUMEL', 0)
-    for channels in (1, 2):
-        monkeypatch.setattr(common, 'CPU_BLOCK_NUMEL',
-                            channels * x[0, 0].numel() * x.shape[0])
-        assert torch.equal(grad_x(), expected)
+    assert torch.equal(grad_x(), expected)
 
 
 def test_max_mean_pool_gradient_goes_to_one_maximum():
