@@ -217,6 +217,25 @@ def test_batch_norm_with_stats_refuses_one_value_per_channel():
                               norm.bias, norm.eps, *batch_norm_state(norm))
 
 
+def test_channel_block_size_grows_beyond_the_cache():
+    """Blocks of CPU_BLOCK_NUMEL x factor elements; for an input of
+    MIN_LARGE_BLOCK_INPUT_NUMEL elements or more, at least
+    CPU_LARGE_BLOCK_NUMEL; all channels off the CPU."""
+    def blocks(shape, factor=1, device='cpu'):
+        x = torch.empty(1, device=device).expand(shape)  # no memory
+        return common.channel_block_size(x, factor)
+
+    large = (2, 256, 200, 334)  # 2^25.03 elements, 133,600 per channel
+    small = (2, 256, 80, 80)  # 2^21.6, 12,800 per channel
+    assert 2 * 256 * 200 * 334 >= common.MIN_LARGE_BLOCK_INPUT_NUMEL
+    assert blocks(large) == common.CPU_LARGE_BLOCK_NUMEL // 133_600
+    assert blocks(large, factor=4) == 4 * common.CPU_BLOCK_NUMEL // 133_600
+    assert blocks(small) == common.CPU_BLOCK_NUMEL // 12_800
+    assert blocks(small, factor=4) == 4 * common.CPU_BLOCK_NUMEL // 12_800
+    assert blocks(large, device='meta') == 256
+    assert blocks((2, 2, 2, 2)) >= 2  # all channels in one block
+
+
 @pytest.mark.parametrize('block_numel', [None, 65, 1])
 @pytest.mark.parametrize('channels_last', [False, True])
 def test_per_channel_sums_in_blocks(block_numel, channels_last, monkeypatch):
