@@ -12,10 +12,10 @@ _base_ = [
     '../_base_/pretrain/imagenet_8xb32_100e.py',
     '../_base_/attention/ge.py',
 ]
-# mmdet.ResNet: the detection backbone's class, so the keys match; trained from
-# scratch, its BatchNorm must not be frozen.
+# mmdet.AttentionResNet: the detection backbone's class, so the keys match;
+# trained from scratch, its BatchNorm must not be frozen.
 model = dict(
     backbone=dict(
         _base_.attention_backbone,
-        type='mmdet.ResNet',
+        type='mmdet.AttentionResNet',
         norm_eval=False))

@@ -5,8 +5,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmattn.models.common import (ActLayer, check_positive_int, create_act,
-                                  reduced_channels, spatial_mean)
+from mmattn.models.common import (ActLayer, NormInput, check_positive_int,
+                                  create_act, reduced_channels,
+                                  scale_channels, spatial_mean)
 from mmattn.models.convs import PointwiseConv
 from mmattn.registry import MODELS
 from .base import AttentionModule
@@ -85,6 +86,14 @@ class GatherExcite(AttentionModule):
     Position: after conv3 + BN of a bottleneck, before the residual add
     (``after_conv3``; the prototxts' ``Axpy(gate, x, shortcut)``).
 
+    A global gate (``extent=0``) is a channel gate, (B, C, 1, 1): its
+    product is :func:`~mmattn.models.common.scale_channels`, and such an
+    instance ``takes_norm_input`` and ``takes_residual`` like a
+    :class:`~mmattn.models.attention.ChannelGate`, so that a residual block
+    of ``AttentionResNet`` hands it the BN input (training keeps no extra
+    activation for the product) and its shortcut (added in the product's
+    pass). A spatial gate (``extent=e``) takes neither.
+
     Args:
         in_channels (int): Channels C of the input.
         extent (int): Gather extent ratio e: 0 for global, else a power of
@@ -128,6 +137,8 @@ class GatherExcite(AttentionModule):
         super().__init__()
         check_positive_int(in_channels, 'in_channels')
         self.extent = _check_extent(extent)
+        # per instance: only a global gate is a channel gate
+        self.takes_norm_input = self.takes_residual = self.extent == 0
         self.gather_size = check_positive_int(gather_size, 'gather_size')
         self.extra_params = bool(extra_params)
         create_act(act_layer, 'act_layer')  # validate the name once
@@ -193,13 +204,21 @@ class GatherExcite(AttentionModule):
         return F.avg_pool2d(  # (B, C, ceil(H/e), ceil(W/e))
             x, 2 * e - 1, stride=e, padding=e - 1, count_include_pad=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self,
+                x: torch.Tensor,
+                norm_input: Optional[NormInput] = None,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``y`` (+ ``residual``); ``norm_input``, x's BatchNorm input and
+        affine, serves the product of a global gate (see
+        :func:`~mmattn.models.common.scale_channels`)."""
         g = self._gather(x)
         if self.mlp is not None:
             g = self.mlp(g)
         # The gate is elementwise, so gating before the nearest-neighbour
         # resize equals gating after it, on fewer elements.
         g = self.gate(g)
-        if self.extent:
-            g = F.interpolate(g, size=x.shape[-2:], mode='nearest')
-        return x * g  # (B, C, H, W); a (B, C, 1, 1) gate broadcasts
+        if self.extent == 0:  # a (B, C, 1, 1) gate: the lean channel product
+            return scale_channels(x, g, norm_input, residual)
+        g = F.interpolate(g, size=x.shape[-2:], mode='nearest')
+        y = x * g  # (B, C, H, W)
+        return y if residual is None else y + residual

@@ -135,6 +135,33 @@ def test_global_depthwise_gather_matches_reference(training, size, use_mlp):
     assert_rel_close(module(x), ge_ref(module, x, training))
 
 
+@pytest.mark.parametrize('variant', [
+    dict(), dict(use_mlp=True), dict(extra_params=True, gather_size=5),
+    dict(extent=2)], ids=['plain', 'mlp', 'theta', 'extent2'])
+def test_training_gradients_match_reference(variant):
+    """Training through the lean channel product of a global gate
+    (``scale_channels``: x and the (B, C, 1, 1) gate kept, the gate's
+    gradient as per-channel dot products) and through the plain product of
+    a spatial one: the gradients of x and every parameter are autograd's
+    through the reference. (With a block's BN input and shortcut:
+    ``test_lean_path_matches_mmdet_block``.)"""
+    torch.manual_seed(0)
+    module = randomize_(GatherExcite(32, **variant)).double().train()
+    x = torch.randn(3, 32, 7, 6, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn_like(x)
+    out = module(x)
+    channel_gate = variant.get('extent', 0) == 0
+    assert (out.grad_fn.name() == '_ScaleChannelsBackward') == channel_gate
+    # a residual block hands a channel gate its BN input and shortcut
+    assert module.takes_norm_input == module.takes_residual == channel_gate
+    params = [x, *module.parameters()]
+    actual = torch.autograd.grad(out, params, upstream)
+    expected = torch.autograd.grad(ge_ref(module, x, True), params,
+                                   upstream)
+    for a, e in zip(actual, expected):
+        assert_rel_close(a, e, floor=1.0)
+
+
 def official_global_ref(module, x, kernel):
     """RN50-GEP: a depthwise conv with a kernel covering the whole map,
     BN, sigmoid; ``kernel`` is (C, H, W)."""

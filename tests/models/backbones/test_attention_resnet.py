@@ -455,7 +455,8 @@ def _saved_activation_bytes(model, images):
 
 
 @pytest.mark.parametrize('depth,gate', [(50, 'SE'), (50, 'ECA'), (18, 'SE'),
-                                        (50, 'GlobalContext')])
+                                        (50, 'GlobalContext'),
+                                        (50, 'GatherExcite')])
 def test_channel_gate_keeps_no_extra_activation(depth, gate):
     plugins = [dict(cfg=dict(type=gate), position='after_conv3')]
     images = torch.randn(2, 3, 128, 128)
@@ -479,9 +480,12 @@ def test_channel_gate_keeps_no_extra_activation(depth, gate):
     (dict(type='SimAM'), dict(type='SimAM')),
     (dict(type='SGE'), dict(type='SGE')),
     (dict(type='NAM'), dict(type='NAM')),
-    (dict(type='BAM'), dict(type='BAM'))],
+    (dict(type='BAM'), dict(type='BAM')),
+    (dict(type='GatherExcite'), dict(type='GatherExcite')),
+    (dict(type='GatherExcite', extent=2), dict(type='GatherExcite',
+                                               extent=2))],
                          ids=['SE', 'GC', 'CBAM', 'Triplet', 'Coordinate',
-                              'SimAM', 'SGE', 'NAM', 'BAM'])
+                              'SimAM', 'SGE', 'NAM', 'BAM', 'GE', 'GE-e2'])
 def test_lean_path_matches_mmdet_block(norm_eval, ours_cfg, theirs_cfg):
     """Same outputs and gradients as the plugin in mmdet's own ResNet (for
     GC, mmcv's ContextBlock), which calls it without the norm's input or
