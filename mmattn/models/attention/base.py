@@ -50,7 +50,8 @@ class AttentionModule(nn.Module):
 class ChannelGate(AttentionModule):
     """Base of the modules that rescale whole channels: ``x * s(x)`` with a
     (B, C, 1, 1) ``s`` (SE, ECA, FcaNet; Gather-Excite is not one, its
-    extent may give a spatial gate).
+    extent may give a spatial gate, but a global instance takes the same
+    product and the same arguments).
 
     A subclass implements :meth:`channel_weights`; the product is
     :func:`~mmattn.models.common.scale_channels`. A residual block that

@@ -12,7 +12,8 @@ mmdet's ``Bottleneck`` takes plugins after conv1/conv2/conv3 only, and its
   ReLU (Non-local networks append their blocks there);
 * a lean path in training for the modules after the block's last norm:
   the first, if it ``takes_norm_input`` (the channel gates
-  :class:`~mmattn.models.attention.ChannelGate`, e.g. SE, ECA, and GC's
+  :class:`~mmattn.models.attention.ChannelGate`, e.g. SE, ECA, a global
+  :class:`~mmattn.models.attention.GatherExcite`, and GC's
   :class:`~mmattn.models.attention.GlobalContext`), is handed the norm's
   input and affine (:func:`batch_norm_with_affine`), so that training
   keeps no copy of the norm's output for its backward; the last, if it
