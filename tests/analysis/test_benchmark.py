@@ -103,6 +103,23 @@ def test_cpu_peak_memory_counts_what_is_alive_at_once():
     assert peak_memory(one_copy_twice, torch.device('cpu')) == 4000
 
 
+def test_training_calls_measure_the_same_peak_every_time():
+    """A training call frees the gradients it wrote before it returns, so
+    that a profiled call's gradients do not count against the next one:
+    the module's and then the peer's calls, run alike, read alike (the
+    output and the input gradient, 400,000 bytes each)."""
+    from mmattn.analysis.benchmark import _forward_backward
+    x = torch.randn(100_000, requires_grad=True)
+    grad = torch.randn(100_000)
+    module, peer = (_forward_backward(torch.nn.Sigmoid(), x, grad)
+                    for _ in range(2))
+    module()
+    assert x.grad is None
+    peaks = [peak_memory(call, torch.device('cpu'))
+             for call in (module, peer, module, peer)]
+    assert peaks == [800_000] * 4, peaks
+
+
 def test_unknown_module_is_rejected(tmp_path):
     with pytest.raises(SystemExit, match='unknown modules'):
         BENCHMARK.main(['--modules', 'XYZ', '--out-dir', str(tmp_path)])
