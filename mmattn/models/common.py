@@ -617,7 +617,10 @@ CPU_BLOCK_NUMEL = 1 << 18
 #: SimAM, NAM, Coordinate, BAM, Triplet, SE, ECA, GE and FcaNet at
 #: 2x256x200x334, 0.93-0.99x at 2x512x100x167 (2^24.03 elements); at
 #: 2x1024x50x84 (2^22) 0.97-1.06x, and up to 1.2-1.6x on maps that fit
-#: in the L3, where blocks that fit in the L2 count.
+#: in the L3, where blocks that fit in the L2 count. The bound is that of
+#: :data:`MIN_BLOCKED_POOL_GRAD_NUMEL`, the same "beyond the cache", kept a
+#: name of its own: the tests that cut tiny inputs into blocks set that one
+#: to 0, which here would make every block large.
 CPU_LARGE_BLOCK_NUMEL = 1 << 19
 MIN_LARGE_BLOCK_INPUT_NUMEL = 1 << 24
 

@@ -9,7 +9,8 @@ from analysis_tools import load_tool
 
 from mmattn.analysis.benchmark import (FWD, FWD_BWD, MODULES, TRAIN,
                                        CopyFloor, Measurement, Row,
-                                       module_shapes, peak_memory)
+                                       _forward_backward, module_shapes,
+                                       peak_memory)
 
 BENCHMARK = load_tool('benchmark')
 
@@ -108,7 +109,6 @@ def test_training_calls_measure_the_same_peak_every_time():
     that a profiled call's gradients do not count against the next one:
     the module's and then the peer's calls, run alike, read alike (the
     output and the input gradient, 400,000 bytes each)."""
-    from mmattn.analysis.benchmark import _forward_backward
     x = torch.randn(100_000, requires_grad=True)
     grad = torch.randn(100_000)
     module, peer = (_forward_backward(torch.nn.Sigmoid(), x, grad)
